@@ -1,0 +1,1 @@
+"""Calibration data: sources, chat / think rendering, reproducible sampling."""

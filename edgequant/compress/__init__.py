@@ -1,0 +1,1 @@
+"""Quantization: schemes, RTN, GPTQ, the sequential driver, the quantized-checkpoint format."""

@@ -1,0 +1,1 @@
+"""Metrics (perplexity, KL, top-1) and generation."""
