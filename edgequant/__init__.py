@@ -9,6 +9,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# torchao (imported by transformers when it is installed) logs import-time noise that says nothing
+# about the user's job: deprecation notes from torch's pytree and missing CUDA-only kernels.
+for _name in ("torch.utils._pytree", "torchao"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
+
 from edgequant.errors import EdgequantError
 
 __all__ = ["EdgequantError", "evaluate", "quantize", "__version__"]

@@ -76,6 +76,88 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from edgequant.export.api import export
+
+    r = export(args.qdir, args.target, args.out, scheme=args.scheme, max_seq_len=args.max_seq_len, force=args.force)
+    _print(args, r.to_dict(), [f"wrote {r.out}: {r.target} ({r.scheme}), {r.size_mb:.1f} MB, max sequence {r.max_seq_len}, {r.seconds:.1f} s"])
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from edgequant.eval.generate import generate
+    from edgequant.targets.registry import open_runtime
+    from edgequant.targets.runtime import load_artifact_tokenizer
+
+    runtime = open_runtime(args.artifact, threads=args.threads)
+    tok = load_artifact_tokenizer(args.artifact, args.tokenizer)
+    stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    r = generate(
+        runtime, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed, think=args.think, think_budget=args.think_budget, chat=not args.raw, on_text=stream,
+    )
+    if args.json:
+        print(json.dumps(r.to_dict()))
+    else:
+        print()
+        print(
+            f"[{r.prompt_tokens} prompt tokens, {r.new_tokens} new ({r.thinking_tokens} thinking"
+            f"{', end of thinking forced' if r.forced_think_end else ''}), stop: {r.stop_reason}; "
+            f"ttft {r.ttft_s * 1000:.0f} ms, prefill {r.prefill_tok_s:.1f} tok/s, decode {r.decode_tok_s:.1f} tok/s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_check(args) -> int:
+    from edgequant.targets.parity import check
+
+    r, info = check(args.artifact, args.ref, args.text, seq_len=args.seq_len, max_tokens=args.max_tokens, tokenizer=args.tokenizer, progress=not args.json and not args.quiet)
+    d = {"artifact": str(args.artifact), "ref": str(args.ref), **r.to_dict(), **info}
+    _print(
+        args,
+        d,
+        [
+            f"{'target':>10} {info['target']}",
+            f"{'tokens':>10} {r.tokens}",
+            f"{'ppl':>10} {r.ppl:.4f}   (reference {r.ref_ppl:.4f})",
+            f"{'mean KL':>10} {r.kl:.6f}   (p99 {r.kl_p99:.6f})",
+            f"{'top-1':>10} {100 * r.top1:.2f}%",
+        ],
+    )
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from edgequant.targets.profile import profile
+
+    r = profile(args.artifact, prompt_len=args.prompt_len, gen=args.gen, runs=args.runs, warmup=args.warmup, threads=args.threads, per_op=args.per_op)
+    lines = [
+        f"{'target':>14} {r.target}   ({r.threads} threads, medians of {r.runs} runs after {args.warmup} warm-up)",
+        f"{'size':>14} {r.size_mb:.2f} MB",
+        f"{'load':>14} {r.load_s * 1000:.0f} ms",
+        f"{'prefill':>14} {r.prefill_tok_s:.1f} tok/s  ({r.prompt_len} tokens)",
+        f"{'decode':>14} {r.decode_tok_s:.1f} tok/s  ({r.gen} tokens)",
+        f"{'first token':>14} {r.ttft_s * 1000:.1f} ms",
+        f"{'peak memory':>14} {r.peak_rss_mb:.0f} MB",
+    ]
+    if r.per_op:
+        lines.append("")
+        lines.append(f"{'operator':<48} {'calls':>7} {'ms':>10} {'share':>7}")
+        for row in r.per_op[:25]:
+            lines.append(f"{row['op'][:48]:<48} {row['calls']:>7} {row['ms']:>10.2f} {100 * row['share']:>6.1f}%")
+    _print(args, r.to_dict(), lines)
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from edgequant.targets.registry import TARGETS
+
+    rows = [{"name": t.name, "format": t.format, "default_scheme": t.default_scheme, "schemes": list(t.schemes), "device": t.device, "extra": t.extra, "description": t.description} for t in TARGETS.values()]
+    _print(args, {"targets": rows}, [f"{r['name']:<9} {r['format']:<11} {r['default_scheme']:<12} {r['description']}" for r in rows])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgequant", description="Quantize LLM checkpoints and prove the phone-ready files.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +199,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int)
     common(e)
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="lower a quantized checkpoint to a target's artifact")
+    x.add_argument("qdir", help="quantized checkpoint directory")
+    x.add_argument("--target", required=True, help="xnnpack, onnx or coreml (see `edgequant targets`)")
+    x.add_argument("--out", required=True, help="model.pte, an ONNX directory, or model.mlpackage")
+    x.add_argument("--scheme", help="the target's weight/activation scheme (default: the target's own)")
+    x.add_argument("--max-seq-len", type=int, default=1024)
+    x.add_argument("--force", action="store_true")
+    common(x)
+    x.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("generate", help="generate text with an artifact (streams to stdout)")
+    g.add_argument("artifact", help=".pte, ONNX directory, .mlpackage, or a quantized checkpoint")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--think", choices=["on", "off"], help="render the chat template in thinking or non-thinking mode")
+    g.add_argument("--think-budget", type=int, help="most thinking tokens before the runner closes the think block")
+    g.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    g.add_argument("--tokenizer", help="tokenizer directory (default: the one exported beside the artifact)")
+    g.add_argument("--threads", type=int, default=2)
+    common(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("check", help="parity of an artifact with a reference model, teacher-forced on a text")
+    c.add_argument("artifact")
+    c.add_argument("--ref", required=True, help="the quantized checkpoint (proves lowering) or the float model (shows quantization's cost)")
+    c.add_argument("--text", required=True)
+    c.add_argument("--seq-len", type=int, default=512)
+    c.add_argument("--max-tokens", type=int)
+    c.add_argument("--tokenizer")
+    common(c)
+    c.set_defaults(func=cmd_check)
+
+    f = sub.add_parser("profile", help="load time, prefill/decode tokens per second, first-token time, peak memory, size")
+    f.add_argument("artifact")
+    f.add_argument("--prompt-len", type=int, default=128)
+    f.add_argument("--gen", type=int, default=64)
+    f.add_argument("--runs", type=int, default=3)
+    f.add_argument("--warmup", type=int, default=1)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--per-op", action="store_true", help="break the time down by operator (ExecuTorch ETDump, ONNX Runtime profiler)")
+    common(f)
+    f.set_defaults(func=cmd_profile)
+
+    t = sub.add_parser("targets", help="list the targets")
+    common(t)
+    t.set_defaults(func=cmd_targets)
     return p
 
 

@@ -12,7 +12,7 @@ def tokenize_source(tokenizer, source: Source) -> torch.Tensor:
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for doc in source.documents:
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"])
         if eos is not None:
             ids.append(eos)
     return torch.tensor(ids, dtype=torch.long)

@@ -1,0 +1,1 @@
+"""Exporters: one per format, each reading the same quantized codes and scales (never re-quantizing)."""
