@@ -10,6 +10,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import logging as _logging
+import os as _os
+
+# Determinism: MKL may change how many threads a matrix product uses with the machine's load, and with
+# it the order of floating-point sums, so the same job could round a few codes differently. Fixing
+# the thread count makes the same inputs and seed give byte-identical checkpoints. (It takes effect when
+# edgequant is imported before torch, as the CLI does.)
+_os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+_os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 
 # torchao (imported by transformers when it is installed) logs import-time noise that says nothing
 # about the user's job: deprecation notes from torch's pytree and missing CUDA-only kernels.

@@ -30,6 +30,7 @@ def cmd_quantize(args) -> int:
         args.out,
         method=args.method,
         scheme=_scheme(args),
+        recipe=args.recipe,
         calib=args.calib or ["builtin:mix"],
         samples=args.samples,
         seq_len=args.seq_len,
@@ -168,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="quantize a checkpoint (RTN or GPTQ) into a quantized checkpoint directory")
     q.add_argument("model", help="HF directory, .gguf file, or 'embedded' / 'smollm2'")
-    q.add_argument("--method", default="gptq", choices=["rtn", "gptq"])
+    q.add_argument("--method", choices=["rtn", "gptq", "awq", "awq+gptq"], help="default: the recipe's, else gptq")
+    q.add_argument("--recipe", help="YAML recipe: default scheme and per-module overrides (see README)")
     q.add_argument("--bits", type=int, default=4)
     q.add_argument("--group-size", type=int, default=128, help="input channels per scale; -1 for per channel")
     q.add_argument("--asym", action="store_true", help="asymmetric (zero point per group)")

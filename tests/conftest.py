@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")  # before torch loads MKL: see edgequant/__init__.py
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 import sys
 from pathlib import Path
 

@@ -9,6 +9,7 @@ weights (static groups), so the stored layout stays in natural column order.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,7 +47,7 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, in float64 for safety."""
     h = h.double().clone()
     n = h.shape[0]
-    diag = torch.arange(n)
+    diag = torch.arange(n, device=h.device)
     mean = h[diag, diag].mean().clamp(min=1e-12)
     for attempt in range(6):
         try:
@@ -60,6 +61,18 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     raise RuntimeError("Hessian is not positive definite even with heavy dampening")
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """The solve is a long chain of small operations and LAPACK calls: one thread avoids the OpenMP
+    hand-offs that make it many times slower on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def gptq_quantize(
     w: torch.Tensor, h: torch.Tensor, scheme: QuantScheme, cfg: GPTQConfig = GPTQConfig()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,6 +80,13 @@ def gptq_quantize(
 
     Returns codes uint8 [out, in], scales float16 [out, G] and zeros uint8 [out, G], in natural column order.
     """
+    if w.device.type == "cpu":
+        with single_threaded():
+            return _gptq_quantize(w, h, scheme, cfg)
+    return _gptq_quantize(w, h, scheme, cfg)
+
+
+def _gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: QuantScheme, cfg: GPTQConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     w = w.detach().float().clone()
     out_f, in_f = w.shape
     g = scheme.group_width(in_f)
@@ -76,19 +96,21 @@ def gptq_quantize(
     h[dead, dead] = 1.0  # columns never excited: no error to push, they are simply rounded
 
     static = cfg.static_groups or cfg.act_order or n_groups == 1
-    scales = torch.empty(out_f, n_groups)
-    zeros = torch.empty(out_f, n_groups)
+    dev = w.device
+    scales = torch.empty(out_f, n_groups, device=dev)
+    zeros = torch.empty(out_f, n_groups, device=dev)
     if static:
         for gi in range(n_groups):
             p = _params(w[:, gi * g : (gi + 1) * g], scheme, cfg.mse)
             scales[:, gi], zeros[:, gi] = p.scale[:, 0], p.zero[:, 0]
 
-    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(in_f)
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(in_f, device=dev)
     w = w[:, perm]
     h = h[perm][:, perm]
     hinv = inverse_hessian_factor(h, cfg.damp).float()
+    perm_list = perm.tolist()
 
-    codes = torch.zeros(out_f, in_f)
+    codes = torch.zeros(out_f, in_f, device=dev)
     bs = cfg.block_size if g == in_f or cfg.block_size % g == 0 else g
     for i1 in range(0, in_f, bs):
         i2 = min(i1 + bs, in_f)
@@ -97,7 +119,7 @@ def gptq_quantize(
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            gi = int(perm[col]) // g
+            gi = perm_list[col] // g
             if not static and col % g == 0:
                 # group starts here; in natural order the whole group lies inside this block
                 p = _params(w1[:, i : i + g], scheme, cfg.mse)
@@ -114,4 +136,4 @@ def gptq_quantize(
 
     inv = torch.argsort(perm)
     codes = codes[:, inv]
-    return codes.to(torch.uint8), scales.to(torch.float16), zeros.to(torch.uint8)
+    return codes.to(torch.uint8).cpu(), scales.to(torch.float16).cpu(), zeros.to(torch.uint8).cpu()

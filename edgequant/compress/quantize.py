@@ -11,7 +11,11 @@ from edgequant._io import atomic_output, check_output, peak_rss_mb, sha256_of
 from edgequant.compress.checkpoint import ModuleQuant, QuantizationInfo, save_quantized
 from edgequant.compress.gptq import GPTQConfig
 from edgequant.compress.scheme import QuantScheme, fitting_group_sizes
-from edgequant.compress.sequential import METHODS, SequentialSettings, gptq_quantize_model, rtn_quantize_model
+from edgequant.compress.awq import AWQConfig
+from edgequant.compress.grid import quantize_weight
+from edgequant.compress.qlinear import QuantizedEmbedding, set_submodule
+from edgequant.compress.recipe import Recipe, load_recipe
+from edgequant.compress.sequential import METHODS, SequentialSettings, calibrated_quantize_model, rtn_quantize_model
 from edgequant.errors import EdgequantError, SchemeError
 
 DEFAULT_CALIB = ("builtin:mix",)
@@ -64,13 +68,15 @@ def quantize(
     model: str | Path,
     out: str | Path,
     *,
-    method: str = "gptq",
+    method: str | None = None,
     scheme: QuantScheme = QuantScheme(),
+    recipe=None,
     calib=DEFAULT_CALIB,
     samples: int = 128,
     seq_len: int = 512,
     seed: int = 0,
     gptq: GPTQConfig = GPTQConfig(),
+    awq: AWQConfig = AWQConfig(),
     guard=None,
     guard_samples: int = 32,
     rtn_mse: bool = False,
@@ -80,12 +86,18 @@ def quantize(
     force: bool = False,
     progress: bool = True,
 ) -> QuantizeResult:
-    """Quantize ``model`` (HF directory, GGUF file or a built-in name) and write the checkpoint to ``out``."""
+    """Quantize ``model`` (HF directory, GGUF file or a built-in name) and write the checkpoint to ``out``.
+
+    ``recipe`` (a :class:`Recipe` or a YAML path) sets the default scheme and per-module overrides;
+    without one every decoder linear gets ``scheme``. ``method`` defaults to the recipe's, else GPTQ.
+    """
     from edgequant.calibration.sampling import calibration_windows
     from edgequant.calibration.sources import read_sources
     from edgequant.models.loading import load_model
 
     t0 = time.time()
+    rec = recipe if isinstance(recipe, Recipe) else (load_recipe(recipe) if recipe is not None else Recipe(default=scheme))
+    method = method or rec.method or "gptq"
     if method not in METHODS:
         raise EdgequantError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     out = check_output(Path(out), force)
@@ -94,13 +106,19 @@ def quantize(
     loaded = load_model(model)
     if loaded.is_quantized:
         raise EdgequantError(f"{loaded.path} is already quantized; quantize the float checkpoint it came from")
-    names = loaded.adapter.all_linear_names(loaded.model)
-    widths = {n: loaded.model.get_submodule(n).in_features for n in names}
-    schemes = {n: scheme for n in names}
-    check_scheme_fits(widths, schemes)
+    adapter, net = loaded.adapter, loaded.model
+    block_linears = adapter.all_linear_names(net)
+    resolved = rec.resolve(block_linears, [adapter.embed, adapter.lm_head])
+    embed = net.get_submodule(adapter.embed)
+    widths = {n: net.get_submodule(n).in_features for n in resolved if n != adapter.embed}
+    widths[adapter.embed] = embed.embedding_dim
+    check_scheme_fits({n: widths[n] for n, s in resolved.items() if s}, {n: s for n, s in resolved.items() if s})
+    schemes = {n: s for n, s in resolved.items() if s is not None and n != adapter.embed}
+    names = list(schemes)
+    embed_scheme = resolved[adapter.embed]
 
     calibration = None
-    if method == "gptq":
+    if method != "rtn":
         sources = read_sources(calib, loaded.tokenizer, seed=seed)
         windows = calibration_windows(loaded.tokenizer, sources, samples, seq_len, seed)
         guard_windows = None
@@ -113,21 +131,31 @@ def quantize(
             "seed": seed,
             "guard": None if guard is None else {"sources": [str(g) for g in ([guard] if isinstance(guard, (str, Path)) else guard)], "samples": guard_samples},
         }
-        settings = SequentialSettings(method=method, gptq=gptq, rtn_mse=rtn_mse, true_sequential=true_sequential, batch_size=batch_size, device=device)
-        errors = gptq_quantize_model(loaded.model, loaded.adapter, schemes, windows, settings, guard_windows, progress)
+        settings = SequentialSettings(method=method, gptq=gptq, awq=awq, rtn_mse=rtn_mse, true_sequential=true_sequential, batch_size=batch_size, device=device)
+        errors = calibrated_quantize_model(net, adapter, schemes, windows, settings, guard_windows, progress)
         settings_record = settings.to_dict()
     else:
-        errors = rtn_quantize_model(loaded.model, schemes, mse=rtn_mse, progress=progress)
+        errors = rtn_quantize_model(net, schemes, mse=rtn_mse, progress=progress)
         settings_record = {"method": "rtn", "rtn_mse": rtn_mse}
+
+    modules = {n: ModuleQuant("linear", schemes[n], widths[n], net.get_submodule(n).out_features) for n in names}
+    if embed_scheme is not None:
+        codes, scales, zeros = quantize_weight(embed.weight.detach().float(), embed_scheme, mse=rtn_mse)
+        set_submodule(net, adapter.embed, QuantizedEmbedding(codes, scales, zeros, embed_scheme))
+        modules[adapter.embed] = ModuleQuant("embedding", embed_scheme, embed.num_embeddings, embed.embedding_dim)
+        errors[adapter.embed] = {"chosen": "rtn"}
+    if adapter.embed in modules or adapter.lm_head in modules:
+        net.config.tie_word_embeddings = False  # the two are stored (and computed) separately now
 
     info = QuantizationInfo(
         method=method,
-        default_scheme=scheme,
-        modules={n: ModuleQuant("linear", schemes[n], widths[n], loaded.model.get_submodule(n).out_features) for n in names},
+        default_scheme=rec.default,
+        modules=modules,
         source=source_record(loaded.path),
         calibration=calibration,
         settings=settings_record,
         errors=errors,
+        recipe=rec.to_dict() if recipe is not None else None,
     )
     with atomic_output(out, force=force) as tmp:
         save_quantized(loaded.model, loaded.tokenizer, info, tmp)
@@ -139,10 +167,10 @@ def quantize(
     return QuantizeResult(
         out=str(out),
         method=method,
-        scheme=scheme.describe(),
+        scheme=rec.default.describe() + (" + recipe overrides" if rec.overrides else ""),
         seconds=round(time.time() - t0, 2),
         peak_rss_mb=round(peak_rss_mb(), 1),
-        linears=len(names),
+        linears=len(modules),
         size_mb=round(size_mb, 3),
         mean_error=round(sum(calib_errs) / len(calib_errs), 6) if calib_errs else None,
         chosen=chosen,

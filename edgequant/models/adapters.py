@@ -15,19 +15,20 @@ from edgequant.errors import UnsupportedArchitectureError
 class LinearGroup:
     """Linears of one block that read the same input, and the module whose output that input is.
 
-    ``prev`` is what AWQ folds its input scales into (a norm or a linear); names are relative to the
-    block. Groups are listed in execution order, which is also the order true-sequential GPTQ takes.
+    ``prev`` is what AWQ folds its input scales into (a norm or a linear); ``inspect`` is the module
+    whose output AWQ's scale search keeps close to the float one; names are relative to the block. Groups are listed in execution order, which is also the order true-sequential GPTQ takes.
     """
 
     prev: str
     linears: tuple[str, ...]
+    inspect: str  # the module whose output AWQ's scale search compares (attention, MLP, or the linear)
 
 
 LLAMA_GROUPS = (
-    LinearGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    LinearGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-    LinearGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    LinearGroup("mlp.up_proj", ("mlp.down_proj",)),
+    LinearGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+    LinearGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+    LinearGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+    LinearGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
 )
 
 
