@@ -151,6 +151,50 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from edgequant._io import check_output
+    from edgequant.compress.sensitivity import sensitivity, write_text_atomic
+
+    for path in (args.out, args.recipe_out):
+        if path:
+            check_output(path, args.force)
+    if args.recipe_out and args.budget_mb is None:
+        from edgequant.errors import EdgequantError
+
+        raise EdgequantError("--recipe-out needs --budget-mb")
+    try:
+        bits = tuple(int(b) for b in args.bits.split(","))
+    except ValueError:
+        from edgequant.errors import SchemeError
+
+        raise SchemeError(f"--bits takes a comma-separated list like 4,8, not {args.bits!r}") from None
+    rep = sensitivity(
+        args.model, calib=args.calib or ["builtin:mix"], bits=bits, group_size=args.group_size, symmetric=not args.asym,
+        samples=args.samples, seq_len=args.seq_len, seed=args.seed, positions=args.positions, budget_mb=args.budget_mb,
+        method=args.method, progress=not args.json and not args.quiet,
+    )
+    d = rep.to_dict()
+    if args.out:
+        write_text_atomic(args.out, json.dumps(d, indent=1) + "\n")
+    if args.recipe_out:
+        write_text_atomic(args.recipe_out, rep.recipe.to_yaml())
+    lines = [f"{'module':<44} " + " ".join(f"{'KL@' + str(b) + 'b':>11}" for b in sorted(set(bits)))]
+    by = {}
+    for r in rep.rows:
+        by.setdefault(r.module, {})[r.scheme.bits] = r.kl
+    worst = sorted(by.items(), key=lambda kv: -max(kv[1].values()))
+    for m, kls in worst[: args.top]:
+        lines.append(f"{m:<44} " + " ".join(f"{kls.get(b, float('nan')):>11.5f}" for b in sorted(set(bits))))
+    if len(worst) > args.top:
+        lines.append(f"... {len(worst) - args.top} more modules (--top N to show more, --out FILE for all)")
+    if rep.plan is not None:
+        lines.append(f"plan for {args.budget_mb} MB: {rep.plan_bytes / 1e6:.3f} MB of weights, estimated total KL {rep.plan_kl:.4f}")
+        if args.recipe_out:
+            lines.append(f"wrote {args.recipe_out}: use it with `edgequant quantize --recipe {args.recipe_out}`")
+    _print(args, d, lines)
+    return 0
+
+
 def cmd_targets(args) -> int:
     from edgequant.targets.registry import TARGETS
 
@@ -247,6 +291,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--per-op", action="store_true", help="break the time down by operator (ExecuTorch ETDump, ONNX Runtime profiler)")
     common(f)
     f.set_defaults(func=cmd_profile)
+
+    s_ = sub.add_parser("sensitivity", help="per-module KL cost of quantization, and a mixed-precision recipe for a size budget")
+    s_.add_argument("model")
+    s_.add_argument("--calib", action="append")
+    s_.add_argument("--bits", default="4,8", help="candidate widths, comma-separated")
+    s_.add_argument("--group-size", type=int, default=64)
+    s_.add_argument("--asym", action="store_true")
+    s_.add_argument("--samples", type=int, default=2)
+    s_.add_argument("--seq-len", type=int, default=512)
+    s_.add_argument("--seed", type=int, default=0)
+    s_.add_argument("--positions", type=int, default=256, help="positions per window where the KL is taken")
+    s_.add_argument("--budget-mb", type=float, help="weights budget in MB (tensor bytes of the quantized checkpoint)")
+    s_.add_argument("--method", choices=["rtn", "gptq", "awq", "awq+gptq"], help="method written into the recipe")
+    s_.add_argument("--recipe-out", help="write the planned recipe (YAML)")
+    s_.add_argument("--out", help="write the whole table (JSON)")
+    s_.add_argument("--top", type=int, default=20)
+    s_.add_argument("--force", action="store_true")
+    common(s_)
+    s_.set_defaults(func=cmd_sensitivity)
 
     t = sub.add_parser("targets", help="list the targets")
     common(t)
