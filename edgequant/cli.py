@@ -32,6 +32,7 @@ def cmd_quantize(args) -> int:
         scheme=_scheme(args),
         recipe=args.recipe,
         calib=args.calib or ["builtin:mix"],
+        think_mix=args.think_mix,
         samples=args.samples,
         seq_len=args.seq_len,
         seed=args.seed,
@@ -62,7 +63,7 @@ def cmd_quantize(args) -> int:
 def cmd_eval(args) -> int:
     from edgequant.eval.evaluate import evaluate
 
-    r, seconds = evaluate(args.model, args.text, ref=args.ref, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.json and not args.quiet)
+    r, seconds = evaluate(args.model, args.text, ref=args.ref, seq_len=args.seq_len, max_tokens=args.max_tokens, progress=not args.json and not args.quiet, think_mix=args.think_mix)
     d = {"model": str(args.model), "text": str(args.text), **r.to_dict(), "seconds": round(seconds, 2)}
     lines = [f"{'tokens':>10} {r.tokens}", f"{'ppl':>10} {r.ppl:.4f}"]
     if r.kl is not None:
@@ -73,6 +74,16 @@ def cmd_eval(args) -> int:
             f"{'KL p99':>10} {r.kl_p99:.6f}",
             f"{'top-1':>10} {100 * r.top1:.2f}%",
         ]
+    if r.parts:
+        lines.append("")
+        lines.append(f"{'part':>10} {'tokens':>8} {'ppl':>10}" + (f" {'mean KL':>10} {'top-1':>8}" if r.kl is not None else ""))
+        for name in ("think", "answer"):
+            p = r.parts[name]
+            row = f"{name:>10} {p['tokens']:>8} {p['ppl']:>10.4f}"
+            if r.kl is not None and p["tokens"]:
+                row += f" {p['kl']:>10.6f} {100 * p['top1']:>7.2f}%"
+            lines.append(row)
+        lines.append(f"({r.parts['records']} records, {r.parts['thinking_records']} rendered in thinking mode)")
     _print(args, d, lines)
     return 0
 
@@ -219,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=128, help="input channels per scale; -1 for per channel")
     q.add_argument("--asym", action="store_true", help="asymmetric (zero point per group)")
     q.add_argument("--calib", action="append", help="calibration text: .txt, .jsonl, a directory or builtin:NAME; repeat to mix (default builtin:mix)")
+    q.add_argument("--think-mix", type=float, help="chat JSONL calibration: share of records rendered in thinking mode")
     q.add_argument("--samples", type=int, default=128)
     q.add_argument("--seq-len", type=int, default=512)
     q.add_argument("--seed", type=int, default=0)
@@ -243,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", help="reference model (usually the float checkpoint)")
     e.add_argument("--seq-len", type=int, default=512)
     e.add_argument("--max-tokens", type=int)
+    e.add_argument("--think-mix", type=float, help="chat JSONL: share of records rendered in thinking mode (default: those with reasoning)")
     common(e)
     e.set_defaults(func=cmd_eval)
 

@@ -47,3 +47,34 @@ def test_masks_split_the_metrics():
     mask = [torch.arange(100) < 40]
     res = evaluate_windows(windows, _uniform(7), masks={"first": mask})
     assert res["first"].tokens == 40 and res["all"].tokens == 100
+
+
+def test_chat_windows_split_reasoning_and_answer(embedded_path, tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from edgequant.eval.chat_eval import chat_windows
+
+    tok = AutoTokenizer.from_pretrained(embedded_path)
+    rec = {"messages": [{"role": "user", "content": "Count the crowns."}, {"role": "assistant", "content": "There are three crowns.", "reasoning": "One for Duncan, one for Malcolm, one for Macbeth."}]}
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    cw = chat_windows(tok, p, 512)
+    w, think, answer = cw.windows[0], cw.masks["think"][0], cw.masks["answer"][0]
+    targets = w[1:]
+    assert tok.decode(targets[think]).strip() == "One for Duncan, one for Malcolm, one for Macbeth."
+    assert tok.decode(targets[answer]).strip() == "There are three crowns."
+    assert not (think & answer).any()
+    off = chat_windows(tok, p, 512, think_mix=0.0)
+    assert off.thinking_records == 0 and not off.masks["think"][0].any()
+    assert "Duncan" not in tok.decode(off.windows[0])
+
+
+def test_builtin_reasoning_set_evaluates_in_parts(tiny_llama):
+    from edgequant.eval.evaluate import evaluate
+
+    r, _ = evaluate(tiny_llama, "builtin:reasoning", ref=tiny_llama, seq_len=256, progress=False)
+    assert r.parts["records"] == 120 and r.parts["thinking_records"] == 120
+    assert r.parts["think"]["tokens"] > r.parts["answer"]["tokens"] > 0
+    assert r.parts["think"]["kl"] == 0 and r.parts["answer"]["top1"] == 1.0

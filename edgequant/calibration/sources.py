@@ -31,7 +31,17 @@ BUILTIN_FILES = {
 # The default calibration set: verse drama, argumentative prose and technical documentation.
 # britannica and shakespeare-heldout stay out of it: they are the held-out evaluation texts.
 BUILTIN_MIX = ("shakespeare", "milton", "pydoc")
-BUILTINS = tuple(BUILTIN_FILES) + ("pydoc", "mix")
+BUILTIN_CHAT = {"reasoning": TEXT_DIR / "reasoning_chat.jsonl"}  # chat records with reasoning traces
+BUILTINS = tuple(BUILTIN_FILES) + tuple(BUILTIN_CHAT) + ("pydoc", "mix")
+
+
+def builtin_path(spec) -> Path | None:
+    """The file behind ``builtin:NAME`` when it is one file (None for generated or mixed sets)."""
+    s = str(spec)
+    if not s.startswith("builtin:"):
+        return None
+    name = s.split(":", 1)[1]
+    return BUILTIN_FILES.get(name) or BUILTIN_CHAT.get(name)
 
 
 @dataclass
@@ -42,9 +52,11 @@ class Source:
     documents: list[str]
 
 
-def builtin_source(name: str) -> list[Source]:
+def builtin_source(name: str, tokenizer=None, think_mix: float | None = None, seed: int = 0) -> list[Source]:
     if name == "mix":
         return [s for part in BUILTIN_MIX for s in builtin_source(part)]
+    if name in BUILTIN_CHAT:
+        return [Source(f"builtin:{name}", read_jsonl(BUILTIN_CHAT[name], tokenizer, think_mix, seed))]
     if name == "pydoc":
         return [Source("builtin:pydoc", [_pydoc_topics()])]
     if name in BUILTIN_FILES:
@@ -93,7 +105,7 @@ def read_source(spec: str | Path, tokenizer=None, think_mix: float | None = None
     """Sources for one ``--calib`` / ``--text`` argument."""
     s = str(spec)
     if s.startswith("builtin:"):
-        return builtin_source(s.split(":", 1)[1])
+        return builtin_source(s.split(":", 1)[1], tokenizer, think_mix, seed)
     path = Path(spec)
     if not path.exists():
         raise InputError(f"text not found: {path}")

@@ -72,6 +72,7 @@ def quantize(
     scheme: QuantScheme = QuantScheme(),
     recipe=None,
     calib=DEFAULT_CALIB,
+    think_mix: float | None = None,
     samples: int = 128,
     seq_len: int = 512,
     seed: int = 0,
@@ -119,7 +120,7 @@ def quantize(
 
     calibration = None
     if method != "rtn":
-        sources = read_sources(calib, loaded.tokenizer, seed=seed)
+        sources = read_sources(calib, loaded.tokenizer, think_mix=think_mix, seed=seed)
         windows = calibration_windows(loaded.tokenizer, sources, samples, seq_len, seed)
         guard_windows = None
         if guard is not None:
@@ -129,6 +130,7 @@ def quantize(
             "samples": samples,
             "seq_len": seq_len,
             "seed": seed,
+            "think_mix": think_mix,
             "guard": None if guard is None else {"sources": [str(g) for g in ([guard] if isinstance(guard, (str, Path)) else guard)], "samples": guard_samples},
         }
         settings = SequentialSettings(method=method, gptq=gptq, awq=awq, rtn_mse=rtn_mse, true_sequential=true_sequential, batch_size=batch_size, device=device)

@@ -34,6 +34,7 @@ class EvalResult:
     kl_p99: float | None = None
     top1: float | None = None
     ln_ppl_ratio: float | None = None
+    parts: dict | None = None  # per-part results (e.g. reasoning vs answer tokens of chat text)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
