@@ -42,15 +42,16 @@ EMBED_OP = "embed"
 WEIGHT_MODES = ("quantized", "float16")
 
 
-def _import_coremltools():
-    try:
-        import coremltools as ct  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("coremltools is not installed: pip install 'edgequant[coreml]'") from None
+def import_coremltools():
+    """coremltools, imported quietly: at import it warns about every optional integration whose version it
+    has not tested (scikit-learn, torch 2.13) and about the Core ML framework missing off macOS."""
     import logging
 
-    # coremltools logs a warning per unsupported optional integration (sklearn, torch versions) at import
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise MissingDependencyError("coremltools is not installed: pip install 'edgequant[coreml]'") from None
     return ct
 
 
@@ -289,7 +290,7 @@ def decoder_for(loaded, max_seq_len: int):
 
 def build_program(lm, weights: str = "quantized", names: dict[int, str] | None = None):
     """The MIL program (iOS 18 opset) of ``lm`` and a record of how each weight was stored."""
-    ct = _import_coremltools()
+    ct = import_coremltools()
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, get_new_symbol, types
 
@@ -327,7 +328,7 @@ def export_coreml(loaded, art_path: Path, scheme: str = "blockwise", max_seq_len
         raise TargetError(f"weights must be one of {', '.join(WEIGHT_MODES)}, not '{weights}'")
     if opts:
         raise EdgequantError(f"unknown Core ML export option(s): {', '.join(sorted(opts))}")
-    ct = _import_coremltools()
+    ct = import_coremltools()
     t0 = time.time()
     lm, names = decoder_for(loaded, max_seq_len)
     spec = lm.spec

@@ -60,6 +60,13 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() else t
 
 
+def _scalar(v, default=None):
+    """A const parameter as a python number (it may arrive as a 0-d tensor)."""
+    if v is None:
+        return default
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
 def _ints(v) -> list[int]:
     return [int(x) for x in np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v).reshape(-1)]
 
@@ -115,10 +122,9 @@ class MILProgram:
         path = Path(path)
         if not (path.is_dir() and (path / "Manifest.json").is_file()):
             raise InputError(f"{path} is not a Core ML package (a .mlpackage directory with Manifest.json)")
-        import logging
+        from edgequant.export.coreml import import_coremltools
 
-        logging.getLogger("coremltools").setLevel(logging.ERROR)
-        import coremltools as ct
+        ct = import_coremltools()
         from coremltools.converters.mil.frontend.milproto.load import load_mil_proto
 
         model = ct.models.MLModel(str(path), skip_model_load=True)
@@ -141,7 +147,7 @@ class MILProgram:
             self.state_specs[d.name] = (tuple(arr.shape), dt)
         self._const_cache: dict[str, torch.Tensor] = {}
         self._wide: dict[str, torch.Tensor] = {}
-        self._handlers = self._make_handlers()
+        self._handlers = op_handlers()
         unknown = sorted({op.op_type for op in self.func.operations} - set(self._handlers) - {"const"})
         if unknown:
             raise TargetError(f"{path} uses ML Program op(s) the evaluator does not implement: {', '.join(unknown)}")
@@ -251,191 +257,194 @@ class MILProgram:
             t = t.reshape(())
         return t
 
-    # ---------------------------------------------------------------------------------- op table
-    def _make_handlers(self) -> dict[str, Callable]:
-        def binary(fn):
-            return lambda op, a, st: fn(_f32(a["x"]), _f32(a["y"]))
 
-        def unary(fn):
-            return lambda op, a, st: fn(_f32(a["x"]))
+def op_handlers() -> dict[str, Callable]:
+    """``op_type -> fn(op, args, state)``: the numerics of every op the evaluator runs. ``args`` holds the
+    op's inputs (tensors, python scalars/strings for const parameters, state names for states); each fn
+    computes in float32 and the caller rounds to the op's declared output dtype."""
+    def binary(fn):
+        return lambda op, a, st: fn(_f32(a["x"]), _f32(a["y"]))
 
-        def cast(op, a, st):
-            return a["x"].to(_TORCH_DTYPES[a["dtype"]])
+    def unary(fn):
+        return lambda op, a, st: fn(_f32(a["x"]))
 
-        def blockwise(op, a, st):
-            off = a.get("offset")
-            return torch.from_numpy(
-                decompress_blockwise(a["data"].numpy(), a["scale"].numpy(), None if off is None else off.numpy())
-            )
+    def cast(op, a, st):
+        return a["x"].to(_TORCH_DTYPES[a["dtype"]])
 
-        def linear(op, a, st):
-            y = torch.nn.functional.linear(_f32(a["x"]), _f32(a["weight"]))
-            if a.get("bias") is not None:
-                y = y + _f32(a["bias"])
-            return y
+    def blockwise(op, a, st):
+        off = a.get("offset")
+        return torch.from_numpy(
+            decompress_blockwise(a["data"].numpy(), a["scale"].numpy(), None if off is None else off.numpy())
+        )
 
-        def matmul(op, a, st):
-            x, y = _f32(a["x"]), _f32(a["y"])
-            if bool(a.get("transpose_x", False)):
-                x = x.transpose(-1, -2)
-            if bool(a.get("transpose_y", False)):
-                y = y.transpose(-1, -2)
-            return torch.matmul(x, y)
+    def linear(op, a, st):
+        y = torch.nn.functional.linear(_f32(a["x"]), _f32(a["weight"]))
+        if a.get("bias") is not None:
+            y = y + _f32(a["bias"])
+        return y
 
-        def reduce_mean(op, a, st):
-            axes = _ints(a["axes"]) if a.get("axes") is not None else list(range(a["x"].dim()))
-            return _f32(a["x"]).mean(dim=axes, keepdim=bool(a.get("keep_dims", False)))
+    def matmul(op, a, st):
+        x, y = _f32(a["x"]), _f32(a["y"])
+        if bool(_scalar(a.get("transpose_x"), False)):
+            x = x.transpose(-1, -2)
+        if bool(_scalar(a.get("transpose_y"), False)):
+            y = y.transpose(-1, -2)
+        return torch.matmul(x, y)
 
-        def reduce_sum(op, a, st):
-            axes = _ints(a["axes"]) if a.get("axes") is not None else list(range(a["x"].dim()))
-            return _f32(a["x"]).sum(dim=axes, keepdim=bool(a.get("keep_dims", False)))
+    def reduce_mean(op, a, st):
+        axes = _ints(a["axes"]) if a.get("axes") is not None else list(range(a["x"].dim()))
+        return _f32(a["x"]).mean(dim=axes, keepdim=bool(_scalar(a.get("keep_dims"), False)))
 
-        def rsqrt(op, a, st):
-            eps = float(a.get("epsilon", 1e-12) if not isinstance(a.get("epsilon"), torch.Tensor) else a["epsilon"].item())
-            return torch.rsqrt(_f32(a["x"]) + eps)
+    def reduce_sum(op, a, st):
+        axes = _ints(a["axes"]) if a.get("axes") is not None else list(range(a["x"].dim()))
+        return _f32(a["x"]).sum(dim=axes, keepdim=bool(_scalar(a.get("keep_dims"), False)))
 
-        def gather(op, a, st):
-            x, idx = a["x"], a["indices"].long()
-            axis = int(a.get("axis", 0)) if not isinstance(a.get("axis"), torch.Tensor) else int(a["axis"].item())
-            if int(a.get("batch_dims", 0) if not isinstance(a.get("batch_dims"), torch.Tensor) else a["batch_dims"].item()) != 0:
-                raise TargetError("gather with batch_dims is not supported by the evaluator")
-            axis %= x.dim()
-            idx = torch.where(idx < 0, idx + x.shape[axis], idx)
-            out = torch.index_select(x, axis, idx.reshape(-1))
-            return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])
+    def rsqrt(op, a, st):
+        eps = float(_scalar(a.get("epsilon"), 1e-12))
+        return torch.rsqrt(_f32(a["x"]) + eps)
 
-        def select(op, a, st):
-            return torch.where(a["cond"].bool(), _f32(a["a"]), _f32(a["b"]))
+    def gather(op, a, st):
+        x, idx = a["x"], a["indices"].long()
+        axis = int(_scalar(a.get("axis"), 0))
+        if int(_scalar(a.get("batch_dims"), 0)) != 0:
+            raise TargetError("gather with batch_dims is not supported by the evaluator")
+        axis %= x.dim()
+        idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+        out = torch.index_select(x, axis, idx.reshape(-1))
+        return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])
 
-        def range_1d(op, a, st):
-            s, e, d = (int(a[k].item()) if isinstance(a[k], torch.Tensor) else int(a[k]) for k in ("start", "end", "step"))
-            return torch.arange(s, e, d, dtype=torch.int32)
+    def select(op, a, st):
+        return torch.where(a["cond"].bool(), _f32(a["a"]), _f32(a["b"]))
 
-        def shape(op, a, st):
-            return torch.tensor(list(a["x"].shape), dtype=torch.int32)
+    def range_1d(op, a, st):
+        s, e, d = (int(_scalar(a[k])) for k in ("start", "end", "step"))
+        return torch.arange(s, e, d, dtype=torch.int32)
 
-        def squeeze(op, a, st):
-            x = a["x"]
-            if a.get("axes") is None:
-                return x.squeeze()
-            out = x
-            for ax in sorted((i % x.dim() for i in _ints(a["axes"])), reverse=True):
-                out = out.squeeze(ax)
-            return out
+    def shape(op, a, st):
+        return torch.tensor(list(a["x"].shape), dtype=torch.int32)
 
-        def expand_dims(op, a, st):
-            out = a["x"]
-            rank = out.dim() + len(_ints(a["axes"]))
-            for ax in sorted(i % rank for i in _ints(a["axes"])):
-                out = out.unsqueeze(ax)
-            return out
+    def squeeze(op, a, st):
+        x = a["x"]
+        if a.get("axes") is None:
+            return x.squeeze()
+        out = x
+        for ax in sorted((i % x.dim() for i in _ints(a["axes"])), reverse=True):
+            out = out.squeeze(ax)
+        return out
 
-        def slice_by_index(op, a, st):
-            x = a["x"]
-            idx = _slices(x.shape, a.get("begin"), a.get("end"), a.get("stride"), _mask_arg(a.get("begin_mask")),
-                          _mask_arg(a.get("end_mask")), _mask_arg(a.get("squeeze_mask")))
-            return x[idx]  # a view: no handler writes into its inputs
+    def expand_dims(op, a, st):
+        out = a["x"]
+        rank = out.dim() + len(_ints(a["axes"]))
+        for ax in sorted(i % rank for i in _ints(a["axes"])):
+            out = out.unsqueeze(ax)
+        return out
 
-        def slice_update(op, a, st):
-            x = a["x"].clone()
-            idx = _slices(x.shape, a.get("begin"), a.get("end"), a.get("stride"), _mask_arg(a.get("begin_mask")),
-                          _mask_arg(a.get("end_mask")), _mask_arg(a.get("squeeze_mask")))
-            target = x[idx]
-            upd = a["update"]
-            if tuple(target.shape) != tuple(upd.shape):
-                raise TargetError(f"slice_update {op.name}: update of shape {tuple(upd.shape)} into a slice of {tuple(target.shape)}")
-            x[idx] = upd.to(x.dtype)
-            return x
+    def slice_by_index(op, a, st):
+        x = a["x"]
+        idx = _slices(x.shape, a.get("begin"), a.get("end"), a.get("stride"), _mask_arg(a.get("begin_mask")),
+                      _mask_arg(a.get("end_mask")), _mask_arg(a.get("squeeze_mask")))
+        return x[idx]  # a view: no handler writes into its inputs
 
-        def concat(op, a, st):
-            if bool(a.get("interleave", False)):
-                raise TargetError("concat with interleave is not supported by the evaluator")
-            vals = [_as_tensor(v) for v in a["values"]]
-            dt = vals[0].dtype
-            axis = int(a["axis"].item()) if isinstance(a["axis"], torch.Tensor) else int(a["axis"])
-            return torch.cat([v.to(dt).reshape(v.shape if v.dim() else (1,)) for v in vals], dim=axis)
+    def slice_update(op, a, st):
+        x = a["x"].clone()
+        idx = _slices(x.shape, a.get("begin"), a.get("end"), a.get("stride"), _mask_arg(a.get("begin_mask")),
+                      _mask_arg(a.get("end_mask")), _mask_arg(a.get("squeeze_mask")))
+        target = x[idx]
+        upd = a["update"]
+        if tuple(target.shape) != tuple(upd.shape):
+            raise TargetError(f"slice_update {op.name}: update of shape {tuple(upd.shape)} into a slice of {tuple(target.shape)}")
+        x[idx] = upd.to(x.dtype)
+        return x
 
-        def reshape(op, a, st):
-            x = a["x"]
-            shp = _ints(a["shape"])
-            # iOS 17: a 0 copies the matching dim counted from the right
-            out = []
-            for i, d in enumerate(shp):
-                if d == 0:
-                    j = x.dim() - (len(shp) - i)
-                    out.append(x.shape[j] if j >= 0 else 1)
-                else:
-                    out.append(d)
-            return x.reshape(out)
+    def concat(op, a, st):
+        if bool(_scalar(a.get("interleave"), False)):
+            raise TargetError("concat with interleave is not supported by the evaluator")
+        vals = [_as_tensor(v) for v in a["values"]]
+        dt = vals[0].dtype
+        axis = int(_scalar(a["axis"]))
+        return torch.cat([v.to(dt).reshape(v.shape if v.dim() else (1,)) for v in vals], dim=axis)
 
-        def transpose(op, a, st):
-            return a["x"].permute(_ints(a["perm"]))
+    def reshape(op, a, st):
+        x = a["x"]
+        shp = _ints(a["shape"])
+        # iOS 17: a 0 copies the matching dim counted from the right
+        out = []
+        for i, d in enumerate(shp):
+            if d == 0:
+                j = x.dim() - (len(shp) - i)
+                out.append(x.shape[j] if j >= 0 else 1)
+            else:
+                out.append(d)
+        return x.reshape(out)
 
-        def tile(op, a, st):
-            return a["x"].repeat(_ints(a["reps"]))
+    def transpose(op, a, st):
+        return a["x"].permute(_ints(a["perm"]))
 
-        def read_state(op, a, st):
-            return st[a["input"]]  # states are replaced, never written into, so no copy is needed
+    def tile(op, a, st):
+        return a["x"].repeat(_ints(a["reps"]))
 
-        def update_state(op, a, st):
-            name = a["state"]
-            if tuple(st[name].shape) != tuple(a["value"].shape):
-                raise TargetError(f"state {name}: value of shape {tuple(a['value'].shape)}, state {tuple(st[name].shape)}")
-            st[name] = a["value"].to(st[name].dtype)
-            return a["value"]
+    def read_state(op, a, st):
+        return st[a["input"]]  # states are replaced, never written into, so no copy is needed
 
-        def sdpa(op, a, st):
-            q, k, v = _f32(a["query"]), _f32(a["key"]), _f32(a["value"])
-            scores = torch.matmul(q, k.transpose(-1, -2)) / float(np.sqrt(q.shape[-1]))
-            m = a.get("attn_mask")
-            if m is not None:
-                scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + _f32(m)
-            return torch.matmul(torch.softmax(scores, dim=-1), v)
+    def update_state(op, a, st):
+        name = a["state"]
+        if tuple(st[name].shape) != tuple(a["value"].shape):
+            raise TargetError(f"state {name}: value of shape {tuple(a['value'].shape)}, state {tuple(st[name].shape)}")
+        st[name] = a["value"].to(st[name].dtype)
+        return a["value"]
 
-        def softmax(op, a, st):
-            return torch.softmax(_f32(a["x"]), dim=int(a.get("axis", -1) if not isinstance(a.get("axis"), torch.Tensor) else a["axis"].item()))
+    def sdpa(op, a, st):
+        q, k, v = _f32(a["query"]), _f32(a["key"]), _f32(a["value"])
+        scores = torch.matmul(q, k.transpose(-1, -2)) / float(np.sqrt(q.shape[-1]))
+        m = a.get("attn_mask")
+        if m is not None:
+            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + _f32(m)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
 
-        return {
-            "add": binary(torch.add),
-            "sub": binary(torch.sub),
-            "mul": binary(torch.mul),
-            "real_div": binary(torch.div),
-            "maximum": binary(torch.maximum),
-            "minimum": binary(torch.minimum),
-            "less": binary(torch.lt),
-            "less_equal": binary(torch.le),
-            "greater": binary(torch.gt),
-            "greater_equal": binary(torch.ge),
-            "equal": binary(torch.eq),
-            "not_equal": binary(torch.ne),
-            "silu": unary(torch.nn.functional.silu),
-            "sigmoid": unary(torch.sigmoid),
-            "sqrt": unary(torch.sqrt),
-            "exp": unary(torch.exp),
-            "sin": unary(torch.sin),
-            "cos": unary(torch.cos),
-            "identity": lambda op, a, st: a["x"],
-            "cast": cast,
-            "rsqrt": rsqrt,
-            "constexpr_blockwise_shift_scale": blockwise,
-            "linear": linear,
-            "matmul": matmul,
-            "reduce_mean": reduce_mean,
-            "reduce_sum": reduce_sum,
-            "gather": gather,
-            "select": select,
-            "range_1d": range_1d,
-            "shape": shape,
-            "squeeze": squeeze,
-            "expand_dims": expand_dims,
-            "slice_by_index": slice_by_index,
-            "slice_update": slice_update,
-            "concat": concat,
-            "reshape": reshape,
-            "transpose": transpose,
-            "tile": tile,
-            "read_state": read_state,
-            "coreml_update_state": update_state,
-            "scaled_dot_product_attention": sdpa,
-            "softmax": softmax,
-        }
+    def softmax(op, a, st):
+        return torch.softmax(_f32(a["x"]), dim=int(_scalar(a.get("axis"), -1)))
+
+    return {
+        "add": binary(torch.add),
+        "sub": binary(torch.sub),
+        "mul": binary(torch.mul),
+        "real_div": binary(torch.div),
+        "maximum": binary(torch.maximum),
+        "minimum": binary(torch.minimum),
+        "less": binary(torch.lt),
+        "less_equal": binary(torch.le),
+        "greater": binary(torch.gt),
+        "greater_equal": binary(torch.ge),
+        "equal": binary(torch.eq),
+        "not_equal": binary(torch.ne),
+        "silu": unary(torch.nn.functional.silu),
+        "sigmoid": unary(torch.sigmoid),
+        "sqrt": unary(torch.sqrt),
+        "exp": unary(torch.exp),
+        "sin": unary(torch.sin),
+        "cos": unary(torch.cos),
+        "identity": lambda op, a, st: a["x"],
+        "cast": cast,
+        "rsqrt": rsqrt,
+        "constexpr_blockwise_shift_scale": blockwise,
+        "linear": linear,
+        "matmul": matmul,
+        "reduce_mean": reduce_mean,
+        "reduce_sum": reduce_sum,
+        "gather": gather,
+        "select": select,
+        "range_1d": range_1d,
+        "shape": shape,
+        "squeeze": squeeze,
+        "expand_dims": expand_dims,
+        "slice_by_index": slice_by_index,
+        "slice_update": slice_update,
+        "concat": concat,
+        "reshape": reshape,
+        "transpose": transpose,
+        "tile": tile,
+        "read_state": read_state,
+        "coreml_update_state": update_state,
+        "scaled_dot_product_attention": sdpa,
+        "softmax": softmax,
+    }

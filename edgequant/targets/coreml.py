@@ -57,9 +57,9 @@ class CoreMLRuntime(LLMRuntime):
     def __init__(self, path: Path, threads: int | None = None, compute_units: str = "ALL") -> None:
         if sys.platform != "darwin":
             raise TargetError(LINUX_HINT)
-        from edgequant.export.coreml import _import_coremltools
+        from edgequant.export.coreml import import_coremltools
 
-        ct = _import_coremltools()
+        ct = import_coremltools()
         path = Path(path)
         try:
             units = getattr(ct.ComputeUnit, compute_units)
@@ -71,6 +71,11 @@ class CoreMLRuntime(LLMRuntime):
         self.meta = read_meta(path, dict(self.model.user_defined_metadata), "coreml")
         self.meta.extra = dict(self.meta.extra, compute_units=compute_units)
         self.state = self.model.make_state()
+
+    @classmethod
+    def for_this_machine(cls) -> type[LLMRuntime]:
+        """The runtime that can run a package here: Core ML on macOS, the evaluator elsewhere."""
+        return runtime_class()
 
     def reset(self) -> None:
         self.state = self.model.make_state()
@@ -91,7 +96,8 @@ class CoreMLRuntime(LLMRuntime):
 class MILRuntime(LLMRuntime):
     """An ``.mlpackage`` run by edgequant's ML Program evaluator (any OS; slow, exact to the program)."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, compute_units: str | None = None) -> None:
+        """``compute_units`` is accepted (and ignored) so options meant for Core ML do not break the fallback."""
         from edgequant.export.mil_eval import MILProgram
 
         if threads:
@@ -123,8 +129,9 @@ def runtime_class() -> type[LLMRuntime]:
 
 def package_summary(path: Path) -> dict:
     """Inputs, outputs, states and metadata of a package, read from its spec (any OS)."""
-    import coremltools as ct
+    from edgequant.export.coreml import import_coremltools
 
+    ct = import_coremltools()
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
 
     def arr(t):
