@@ -324,3 +324,65 @@ def test_evaluator_refuses_a_window_past_max_seq(packages):
     rt = MILRuntime(packages["int4-g32-sym"][0])
     with pytest.raises(EdgequantError, match="max sequence length"):
         rt.forward(torch.arange(10), MAX_SEQ - 5)
+
+
+def test_quantized_embedding_and_untied_head_share_one_table(qdirs, tmp_path):
+    """A checkpoint whose embedding is quantized and whose lm_head is the same codes untied: the package
+    stores one block-wise table (gathered by the embedding, multiplied by the head) and still computes
+    what torch does."""
+    from edgequant.compress.qlinear import QuantizedEmbedding, QuantizedLinear, set_submodule
+    from edgequant.export.coreml import decoder_for, export_coreml, verify_package
+    from edgequant.export.mil_eval import MILProgram
+    from edgequant.models.loading import load_model
+    from edgequant.targets.coreml import MILRuntime
+
+    loaded = load_model(qdirs["int4-g32-asym"])
+    g = torch.Generator().manual_seed(3)
+    vocab, dim = loaded.model.get_submodule(loaded.adapter.embed).weight.shape
+    codes = torch.randint(0, 16, (vocab, dim), generator=g, dtype=torch.uint8)
+    scales = (torch.rand(vocab, dim // 32, generator=g) * 0.02 + 0.005).half()
+    zeros = torch.randint(4, 12, (vocab, dim // 32), generator=g, dtype=torch.uint8)
+    scheme = QuantScheme(4, 32, False)
+    set_submodule(loaded.model, loaded.adapter.embed, QuantizedEmbedding(codes, scales, zeros, scheme))
+    set_submodule(loaded.model, loaded.adapter.lm_head, QuantizedLinear(codes.clone(), scales.clone(), zeros.clone(), scheme))
+    out = tmp_path / "qe.mlpackage"
+    d = export_coreml(loaded, out, max_seq_len=MAX_SEQ)
+    assert d["stored_tensors"] == {"uint4": 15} and d["tied_embedding"]
+    prog = MILProgram(out)
+    assert len(prog.ops("constexpr_blockwise_shift_scale")) == 15
+    assert prog.ops("gather")[0].inputs["x"].op.op_type == "constexpr_blockwise_shift_scale"
+    lm, names = decoder_for(loaded, MAX_SEQ)
+    assert verify_package(out, lm, names)["problems"] == []
+    toks = torch.randint(3, vocab, (12,), generator=g)
+    lm.cache.float()
+    with torch.no_grad():
+        want = lm(toks[None], torch.arange(12))[0]
+    got = MILRuntime(out).prefill(toks)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max().item() < 2e-2 * max(1.0, want.abs().max().item())
+
+
+SMOLLM2_Q = Path("/work/artifacts/smollm2-rtn-g32")
+
+
+@pytest.mark.slow  # SmolLM2-135M: conversion and the evaluator over 512 tokens take minutes on 2 cores
+@pytest.mark.skipif(not SMOLLM2_Q.is_dir(), reason=f"{SMOLLM2_Q} (SmolLM2-135M, RTN int4 g32) is not on this machine")
+def test_smollm2_package_converts_exactly_and_agrees_with_torch(tmp_path):
+    from edgequant.eval.evaluate import text_windows
+    from edgequant.export.api import export
+    from edgequant.models.loading import load_tokenizer
+    from edgequant.targets.coreml import MILRuntime
+    from edgequant.targets.torch_runtime import TorchRuntime
+
+    res = export(SMOLLM2_Q, "coreml", tmp_path / "smollm2.mlpackage", max_seq_len=512)
+    d = res.details
+    assert d["stored_tensors"] == {"int4": 210, "float16": 1} and d["verified_weights"] == 212  # verified on export
+    assert res.size_mb < 130  # 4-bit linears (+ scales) and the float16 embedding, stored once
+    rt = MILRuntime(Path(res.out))
+    ref = TorchRuntime(SMOLLM2_Q, max_seq_len=512)
+    w = text_windows(load_tokenizer(SMOLLM2_Q), "builtin:britannica", 512, 512)[0]
+    got = torch.cat([rt.forward(w[:500], 0)] + [rt.forward(w[i : i + 1], i) for i in range(500, 512)])
+    want = ref.forward(w, 0)
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() >= 0.99
+    lg, lw = torch.log_softmax(got, -1), torch.log_softmax(want, -1)
+    assert (lw.exp() * (lw - lg)).sum(-1).mean().item() < 1e-3
