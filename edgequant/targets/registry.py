@@ -91,4 +91,7 @@ def load_object(spec: str, extra: str):
 def open_runtime(artifact: Path, **options):
     target = detect_target(Path(artifact))
     cls = load_object(target.runtime, target.extra)
+    # a runtime whose backend cannot run on this machine may name one that can (Core ML off macOS)
+    if hasattr(cls, "for_this_machine"):
+        cls = cls.for_this_machine()
     return cls(Path(artifact), **options)
