@@ -206,6 +206,14 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from edgequant.models.loading import convert
+
+    out = convert(args.model, args.out, dtype=args.dtype, force=args.force)
+    _print(args, {"out": str(out)}, [f"wrote {out}"])
+    return 0
+
+
 def cmd_targets(args) -> int:
     from edgequant.targets.registry import TARGETS
 
@@ -323,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--force", action="store_true")
     common(s_)
     s_.set_defaults(func=cmd_sensitivity)
+
+    v = sub.add_parser("convert", help="write a GGUF (or other float) checkpoint as a safetensors directory, for fast loading")
+    v.add_argument("model")
+    v.add_argument("--out", required=True)
+    v.add_argument("--dtype", default="float32")
+    v.add_argument("--force", action="store_true")
+    common(v)
+    v.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("targets", help="list the targets")
     common(t)

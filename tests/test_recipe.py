@@ -102,3 +102,33 @@ def test_awq_methods_run_and_record_alpha(tiny_llama, tmp_path, method):
     assert info["settings"]["awq"]["grid"] == 20
     m = load_model(out)
     assert torch.isfinite(m.model(input_ids=torch.randint(0, 2000, (1, 16))).logits).all()
+
+
+def test_tied_embedding_and_head_with_one_scheme_stay_one_tensor(tiny_llama, tmp_path):
+    from safetensors import safe_open
+
+    (tmp_path / "r.yaml").write_text(
+        "default: {bits: 4, group_size: 32}\noverrides:\n  - {match: lm_head, bits: 4}\n  - {match: model.embed_tokens, bits: 4}\n"
+    )
+    out = tmp_path / "q"
+    quantize(tiny_llama, out, method="gptq", recipe=tmp_path / "r.yaml", calib="builtin:milton", samples=4, seq_len=32, progress=False)
+    info = json.loads((out / "quantization.json").read_text())
+    assert info["modules"]["model.embed_tokens"]["tied_to"] == "lm_head"
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "lm_head.qweight" in keys and not any(k.startswith("model.embed_tokens") for k in keys)
+    m = load_model(out)
+    assert m.model.model.embed_tokens.codes is m.model.lm_head.codes
+    ids = torch.randint(0, 2000, (1, 12))
+    assert torch.equal(m.model.model.embed_tokens(ids), m.model.lm_head.weight[ids])
+    from edgequant.compress.sensitivity import estimate_checkpoint_bytes
+
+    loaded = load_model(tiny_llama)
+    plan = {n: QuantScheme(4, 32, True) for n in loaded.adapter.all_linear_names(loaded.model) + ["lm_head", "model.embed_tokens"]}
+    total = 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            total += t.numel() * t.element_size()
+    assert estimate_checkpoint_bytes(loaded, plan) == total

@@ -37,18 +37,27 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass
 class ModuleQuant:
+    """One quantized module. For a linear, ``in_features`` are the input channels (the grouped axis);
+    for an embedding, ``in_features`` is the vocabulary size and ``out_features`` the hidden size (the
+    grouped axis). ``tied_to`` names a module whose tensors this one shares (a tied embedding and
+    lm_head are stored once, under the lm_head's name)."""
+
     kind: str  # "linear" or "embedding"
     scheme: QuantScheme
     in_features: int
     out_features: int
+    tied_to: str | None = None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **self.scheme.to_dict(), "in_features": self.in_features, "out_features": self.out_features}
+        d = {"kind": self.kind, **self.scheme.to_dict(), "in_features": self.in_features, "out_features": self.out_features}
+        if self.tied_to:
+            d["tied_to"] = self.tied_to
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModuleQuant":
         scheme = QuantScheme(bits=d["bits"], group_size=d["group_size"], symmetric=d["symmetric"])
-        return cls(kind=d["kind"], scheme=scheme, in_features=d["in_features"], out_features=d["out_features"])
+        return cls(kind=d["kind"], scheme=scheme, in_features=d["in_features"], out_features=d["out_features"], tied_to=d.get("tied_to"))
 
 
 @dataclass
@@ -107,11 +116,14 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear | Quantized
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
 
 
-def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def checkpoint_tensors(model: nn.Module, info: "QuantizationInfo | None" = None) -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors`` for a model whose quantized modules are in place."""
     qmods = quantized_modules(model)
+    tied = {n for n, mq in (info.modules.items() if info else ()) if mq.tied_to}
     tensors: dict[str, torch.Tensor] = {}
     for name, m in qmods.items():
+        if name in tied:
+            continue
         tensors[f"{name}.qweight"] = pack_codes(m.codes, m.scheme.bits)
         tensors[f"{name}.scales"] = m.scales.contiguous()
         if not m.scheme.symmetric:
@@ -135,7 +147,7 @@ def save_quantized(model: nn.Module, tokenizer, info: QuantizationInfo, out_dir:
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    save_file(checkpoint_tensors(model), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "edgequant": str(FORMAT_VERSION)})
+    save_file(checkpoint_tensors(model, info), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "edgequant": str(FORMAT_VERSION)})
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):  # e.g. the GGUF loader's marker: our weights are plain tensors now
         del config.quantization_config
@@ -167,9 +179,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_quantized_module(name: str, mq: ModuleQuant, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    src = mq.tied_to or name  # a tied module reads the tensors of the one it shares them with
     try:
-        packed = tensors[f"{name}.qweight"]
-        scales = tensors[f"{name}.scales"]
+        packed = tensors[f"{src}.qweight"]
+        scales = tensors[f"{src}.scales"]
     except KeyError as e:
         raise InputError(f"quantized checkpoint lacks tensor {e.args[0]}") from None
     s = mq.scheme
@@ -181,7 +194,7 @@ def build_quantized_module(name: str, mq: ModuleQuant, tensors: dict[str, torch.
     if s.symmetric:
         zeros = torch.full(scales.shape, s.implicit_zero, dtype=torch.uint8)
     else:
-        zeros = tensors[f"{name}.qzeros"]
+        zeros = tensors[f"{src}.qzeros"]
     if mq.kind == "embedding":
         return QuantizedEmbedding(codes, scales, zeros, s)
     return QuantizedLinear(codes, scales, zeros, s, bias=tensors.get(f"{name}.bias"))
@@ -191,6 +204,10 @@ def load_quantized_weights(model: nn.Module, info: QuantizationInfo, tensors: di
     """Put the quantized modules and the float tensors of a checkpoint into a freshly built model."""
     for name, mq in info.modules.items():
         set_submodule(model, name, build_quantized_module(name, mq, tensors))
+    for name, mq in info.modules.items():
+        if mq.tied_to:  # share the very tensors, as the source model did
+            a, b = model.get_submodule(name), model.get_submodule(mq.tied_to)
+            a.codes, a.scales, a.zeros, a.weight = b.codes, b.scales, b.zeros, b.weight
     qnames = set(info.modules)
     floats = {k: v for k, v in tensors.items() if k.rpartition(".")[0] not in qnames}
     result = model.load_state_dict(floats, strict=False)
@@ -201,6 +218,6 @@ def load_quantized_weights(model: nn.Module, info: QuantizationInfo, tensors: di
     missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
     if missing:
         raise InputError(f"quantized checkpoint lacks tensors: {', '.join(missing[:5])}")
-    if tied:
+    if tied and not any(mq.tied_to for mq in info.modules.values()):
         model.tie_weights()
     return model

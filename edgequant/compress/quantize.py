@@ -13,7 +13,7 @@ from edgequant.compress.gptq import GPTQConfig
 from edgequant.compress.scheme import QuantScheme, fitting_group_sizes
 from edgequant.compress.awq import AWQConfig
 from edgequant.compress.grid import quantize_weight
-from edgequant.compress.qlinear import QuantizedEmbedding, set_submodule
+from edgequant.compress.qlinear import QuantizedEmbedding, QuantizedLinear, set_submodule
 from edgequant.compress.recipe import Recipe, load_recipe
 from edgequant.compress.sequential import METHODS, SequentialSettings, calibrated_quantize_model, rtn_quantize_model
 from edgequant.errors import EdgequantError, SchemeError
@@ -111,6 +111,7 @@ def quantize(
     block_linears = adapter.all_linear_names(net)
     resolved = rec.resolve(block_linears, [adapter.embed, adapter.lm_head])
     embed = net.get_submodule(adapter.embed)
+    tied = bool(getattr(net.config, "tie_word_embeddings", False)) and net.get_submodule(adapter.lm_head).weight is embed.weight
     widths = {n: net.get_submodule(n).in_features for n in resolved if n != adapter.embed}
     widths[adapter.embed] = embed.embedding_dim
     check_scheme_fits({n: widths[n] for n, s in resolved.items() if s}, {n: s for n, s in resolved.items() if s})
@@ -142,12 +143,20 @@ def quantize(
 
     modules = {n: ModuleQuant("linear", schemes[n], widths[n], net.get_submodule(n).out_features) for n in names}
     if embed_scheme is not None:
-        codes, scales, zeros = quantize_weight(embed.weight.detach().float(), embed_scheme, mse=rtn_mse)
+        head = net.get_submodule(adapter.lm_head)
+        if tied and isinstance(head, QuantizedLinear) and head.scheme == embed_scheme:
+            # one tensor in the source, one in the checkpoint: the embedding reads the head's codes
+            codes, scales, zeros = head.codes, head.scales, head.zeros
+            modules[adapter.embed] = ModuleQuant("embedding", embed_scheme, embed.num_embeddings, embed.embedding_dim, tied_to=adapter.lm_head)
+        else:
+            codes, scales, zeros = quantize_weight(embed.weight.detach().float(), embed_scheme, mse=rtn_mse)
+            modules[adapter.embed] = ModuleQuant("embedding", embed_scheme, embed.num_embeddings, embed.embedding_dim)
+            tied = False
         set_submodule(net, adapter.embed, QuantizedEmbedding(codes, scales, zeros, embed_scheme))
-        modules[adapter.embed] = ModuleQuant("embedding", embed_scheme, embed.num_embeddings, embed.embedding_dim)
-        errors[adapter.embed] = {"chosen": "rtn"}
-    if adapter.embed in modules or adapter.lm_head in modules:
-        net.config.tie_word_embeddings = False  # the two are stored (and computed) separately now
+        errors[adapter.embed] = {"chosen": "tied to " + adapter.lm_head if modules[adapter.embed].tied_to else "rtn"}
+    elif adapter.lm_head in modules:
+        tied = False
+    net.config.tie_word_embeddings = tied  # untied once only one of the two is quantized, or differently
 
     info = QuantizationInfo(
         method=method,

@@ -59,12 +59,13 @@ def estimate_checkpoint_bytes(loaded: LoadedModel, plan: dict[str, QuantScheme |
     model, ad = loaded.model, loaded.adapter
     covered = set(plan)
     tied = getattr(model.config, "tie_word_embeddings", False)
-    untie = plan.get(ad.embed) is not None or plan.get(ad.lm_head) is not None
+    # a tied pair stays one tensor when both halves get the same treatment (float, or the same scheme)
+    shared = tied and plan.get(ad.embed) == plan.get(ad.lm_head)
     total = 0
     for name, scheme in plan.items():
         kind, rows, cols, fb = _module_shape(model, name)
-        if name == ad.lm_head and tied and not untie:
-            continue  # stored once, as the embedding
+        if name == ad.lm_head and shared:
+            continue  # stored once
         total += tensor_bytes(scheme, rows, cols, fb)
         bias = getattr(model.get_submodule(name), "bias", None)
         if bias is not None:

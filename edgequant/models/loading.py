@@ -183,3 +183,46 @@ def load_quantized_model(path: Path, device: str = "cpu") -> LoadedModel:
     model.to(device).eval()
     logging.getLogger(__name__).debug("loaded quantized checkpoint %s", path)
     return LoadedModel(model=model, tokenizer=load_tokenizer(path), adapter=adapter, path=path, quant_info=info)
+
+
+def save_float_checkpoint(loaded: LoadedModel, out_dir: Path, dtype: torch.dtype | None = None) -> None:
+    """Write a loaded float model as a Hugging Face safetensors directory (``out_dir`` exists, empty).
+
+    Used to turn a GGUF file into a directory once, so later loads skip GGUF dequantization.
+    """
+    import copy
+
+    from safetensors.torch import save_file
+
+    model = loaded.model
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    tensors, seen = {}, set()
+    for key, t in model.state_dict().items():
+        if t.data_ptr() in seen and tied:
+            continue
+        seen.add(t.data_ptr())
+        t = t.detach()
+        tensors[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    save_file(tensors, str(Path(out_dir) / "model.safetensors"), metadata={"format": "pt"})
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if dtype is not None:
+        config.dtype = str(dtype).replace("torch.", "")
+    config.save_pretrained(out_dir)
+    loaded.tokenizer.save_pretrained(out_dir)
+
+
+def convert(spec, out: Path, dtype: str = "float32", force: bool = False) -> Path:
+    """A GGUF file (or any loadable float checkpoint) to a safetensors directory."""
+    from edgequant._io import atomic_output
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise EdgequantError(f"--dtype must be one of {', '.join(dtypes)}")
+    with atomic_output(Path(out), force=force) as tmp:
+        loaded = load_model(spec)
+        if loaded.is_quantized:
+            raise EdgequantError(f"{loaded.path} is a quantized checkpoint; convert a float one")
+        save_float_checkpoint(loaded, tmp, dtypes[dtype])
+    return Path(out)
