@@ -250,7 +250,8 @@ class _Rewriter:
 
     def node(self, op: str, inputs, domain: str = "", name: str = "", **attrs):
         n = self.ir.node(op, inputs, attributes=attrs, domain=domain, name=name or None)
-        self.counts[f"{domain + '.' if domain else ''}{op}"] = self.counts.get(f"{domain + '.' if domain else ''}{op}", 0) + 1
+        key = f"{domain}.{op}" if domain else op
+        self.counts[key] = self.counts.get(key, 0) + 1
         return n
 
     def run(self) -> None:
@@ -384,6 +385,46 @@ class _Rewriter:
 # the exporter
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention without repeating keys and values: the query heads of each key/value
+    head are folded into a broadcast axis, so the graph never copies the cache per step.
+
+    q [B, H, T, D], k/v [B, KV, S, D], mask [B, 1, T, S] (True = attend) -> [B, H, T, D].
+    """
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, kv, h // kv, t, d)  # query head i reads key/value head i // (H / KV)
+    scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # [B, KV, rep, T, S]
+    # the lowest finite value, not -inf: a row with nothing to attend to (a left pad) stays finite
+    # instead of turning into NaN and reaching real tokens through its values
+    scores = scores.masked_fill(~mask[:, :, None], torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.matmul(probs, v.unsqueeze(2)).reshape(b, h, t, d)
+
+
+class _RMSNorm(nn.Module):
+    """RMSNorm written as ``x / sqrt(mean(x^2) + eps) * w``: the pattern ONNX Runtime fuses into one
+    SimplifiedLayerNormalization kernel (``x * rsqrt(..)`` exports as Sqrt + Reciprocal, which it does not)."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _swap_norms(module: nn.Module) -> None:
+    from edgequant.export.llm import RMSNorm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, RMSNorm):
+            setattr(module, name, _RMSNorm(child.weight, child.eps))
+        else:
+            _swap_norms(child)
+
+
 def _build_sites(loaded, max_seq_len: int):
     from edgequant.export.llm import DecoderLM, StaticKVCache
 
@@ -403,6 +444,8 @@ def _build_sites(loaded, max_seq_len: int):
 
     lm = DecoderLM.from_loaded(loaded, max_seq_len=max_seq_len, linear_fn=linear_fn, embed_fn=embed_fn)
     lm.cache = StaticKVCache(0, 1, 1, 1)  # the functional form carries its own cache
+    lm.attention = grouped_attention
+    _swap_norms(lm)
     head = loaded.adapter.lm_head
     for ename, emb in embed_src.items():
         h = sites.get(head)
@@ -512,6 +555,7 @@ def export_onnx(
     # drop anything the placeholders left unused (the exporter never saw a weight, so there is little)
     ir.passes.common.RemoveUnusedNodesPass()(model)
     ir.passes.common.RemoveUnusedOpsetsPass()(model)
+    ir.passes.common.ClearMetadataAndDocStringPass()(model)  # the exporter's per-node stack traces
 
     info = loaded.quant_info
     qdesc = "float32" if float_weights else (info.default_scheme.describe() if info else "float")
