@@ -340,3 +340,22 @@ def test_quantized_embedding_and_untied_head(qdirs, tmp_path, scheme):
         expected = ref(toks[None], torch.arange(toks.numel()))[0]
     got = OnnxRuntime(tmp_path / "o", threads=1).prefill(toks)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_corrupt_or_foreign_model_is_one_error_line(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes(b"not a protobuf")
+    code, _, err = run_cli("generate", bad, "--prompt", "hi")
+    assert code == 2 and "ONNX Runtime cannot load" in user_error_line(err)
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    ), opset_imports=[onnx.helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    onnx.save(m, str(foreign / "model.onnx"))
+    code, _, err = run_cli("profile", foreign, "--prompt-len", "4", "--gen", "2", "--runs", "1")
+    assert code == 2 and "no edgequant metadata" in user_error_line(err)

@@ -51,7 +51,6 @@ class OnnxRuntime(LLMRuntime):
         if level != self.accuracy_level:  # an artifact exported for int8 activations runs that way
             self.accuracy_level = level
             self.session = self._session()
-        self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_names = [o.name for o in self.session.get_outputs()]
         self.n_layers = self.meta.n_layers
         self.n_kv_heads = int(self.meta.extra["n_kv_heads"])
