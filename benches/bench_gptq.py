@@ -169,7 +169,7 @@ def main() -> None:
 
     summary = {"samples": a.samples, "seq_len": a.seq_len, "group_size": a.group_size, "calib_sha256_16": calib_hash,
                "reference": ref, "runs": runs}
-    (work / f"results_{tag}.json").write_text(json.dumps(summary, indent=1))
+    (work / f"results_{tag}{'_' + a.only if a.only else ''}.json").write_text(json.dumps(summary, indent=1))
     if a.json:
         print(json.dumps(summary, indent=1))
         return
