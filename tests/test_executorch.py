@@ -370,6 +370,38 @@ def test_runner_generates_and_profiles(exported):
 
 
 @pytest.mark.slow
+def test_executorchs_own_llm_runner_runs_the_program(exported):
+    """ExecuTorch's C++ TextLLMRunner reads our metadata methods and generates with the program, greedily
+    picking the same tokens as our runtime."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from edgequant.targets.executorch import ExecuTorchRuntime, _portable_lib
+
+    _, out, _ = exported
+    _portable_lib()  # registers the llama:: and quantized kernels the runner's program needs
+    tok_dir = out.with_suffix(".tokenizer")
+    runner = TextLLMRunner(str(out), str(tok_dir / "tokenizer.json"))
+    assert runner.get_vocab_size() == ExecuTorchRuntime(out).meta.vocab_size
+    pieces: list[str] = []
+    runner.generate("To be, or not to be", GenerationConfig(echo=False, max_new_tokens=8, temperature=0.0), token_callback=pieces.append)
+    assert len(pieces) >= 1
+
+    # the same greedy continuation through our runtime, from the same prompt tokens
+    from edgequant.targets.runtime import load_artifact_tokenizer
+
+    tok = load_artifact_tokenizer(out)
+    ids = tok("To be, or not to be", add_special_tokens=False)["input_ids"]
+    rt = ExecuTorchRuntime(out)
+    logits = rt.prefill(torch.tensor(ids))[-1]
+    ours = []
+    for pos in range(len(ids), len(ids) + len(pieces)):
+        t = int(torch.argmax(logits))
+        ours.append(t)
+        logits = rt.forward(torch.tensor([t]), pos)[-1]
+    assert "".join(pieces) == tok.decode(ours)
+
+
+@pytest.mark.slow
 def test_cli_check_against_the_quantized_checkpoint(exported):
     q, out, _ = exported
     code, stdout, err = run_cli("check", out, "--ref", q, "--text", "builtin:britannica", "--max-tokens", "256", "--seq-len", "64", "--json")

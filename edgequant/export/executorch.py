@@ -47,9 +47,9 @@ from edgequant.errors import EdgequantError, TargetError
 DEFAULT_MAX_CHUNK = 128
 META_METHOD = "get_edgequant_meta"
 
-SCHEME_HELP = {
-    "8da4w": "int8 dynamic activations (per token), int4 weights (grouped or per channel); 8-bit per-channel layers run as 8da8w",
-}
+#: 8da4w: int8 dynamic activations (asymmetric, per token) with int4 weights (in groups of a multiple of 32, or
+#: per channel); a layer the checkpoint keeps at 8 bits per channel runs as 8da8w, a float one as an fp32 GEMM
+SUPPORTED_SCHEMES = ("8da4w",)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def plan_linear(name: str, module: nn.Module, scheme: str) -> LinearPlan:
     if scheme in ("4w", "8w"):
         raise TargetError(
             f"XNNPACK runs quantized linears only with int8 dynamic activations; weight-only '{scheme}' is not "
-            "supported on this target (ExecuTorch 1.5 lowers weight-only int4 linears to wrong results): "
+            "supported on this target (XNNPACK has no weight-only int4 GEMM in ExecuTorch 1.5): "
             "export with --scheme 8da4w, or use the onnx target for weight-only int4"
         )
     if not s.symmetric:
@@ -103,7 +103,7 @@ def plan_linear(name: str, module: nn.Module, scheme: str) -> LinearPlan:
 
 def plan_model(loaded, scheme: str) -> dict[str, LinearPlan]:
     """Plans for every linear the decoder uses (blocks and lm_head), checked before anything is built."""
-    if scheme not in SCHEME_HELP and scheme not in ("4w", "8w"):
+    if scheme not in SUPPORTED_SCHEMES and scheme not in ("4w", "8w"):
         raise TargetError(f"unknown xnnpack scheme '{scheme}'; use 8da4w")
     model, adapter = loaded.model, loaded.adapter
     plans: dict[str, LinearPlan] = {}
@@ -307,6 +307,8 @@ def delegation_summary(graph_module: torch.fx.GraphModule) -> dict:
                     inside[name] += 1
         elif node.op == "call_function":
             name = _op_name(node.target)
+            if name.startswith("auto_functionalized") and node.args:  # an in-place op (the KV-cache update)
+                name = _op_name(node.args[0])
             if name == "executorch_call_delegate":
                 calls += 1
             elif "." in name and not any(k in name for k in ("sym_size", "_assert_scalar", "_local_scalar_dense")):
