@@ -6,7 +6,6 @@ the fast ones check the plan, the modules that are traced, and small programs of
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -87,8 +86,7 @@ def _leftovers(d: Path) -> list[str]:
         (QuantScheme(4, 32, False), "8da4w", ["symmetric"]),
         (QuantScheme(3, 32, True), "8da4w", ["3-bit", "bits=4", "8da4w"]),
         (QuantScheme(8, 32, True), "8da4w", ["per channel"]),
-        (G32, "4w", ["8da4w", "weight-only"]),
-        (G32, "8w", ["8da4w"]),
+        (G32, "8w", ["8da4w", "4w"]),
     ],
 )
 def test_unrepresentable_schemes_stop_with_a_clear_error(tiny_llama, tmp_path, linears, scheme, words):
@@ -180,25 +178,27 @@ def test_embedding_ops_reproduce_our_embedding_in_the_runtime(scheme, tmp_path):
 
 
 def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
-    """Three linears (int4 g32, int4 per channel, int8 per channel) lowered to XNNPACK: the program's
-    delegate data holds our codes, byte for byte, and our scales as XNNPACK stores them."""
+    """Four linears (int4 g32, int4 per channel, int8 per channel under 8da4w; asymmetric 3-bit under 4w)
+    lowered to XNNPACK: the program's delegate data holds our codes byte for byte with our scales as
+    XNNPACK stores them (the 4w one as its exact float32 weight), and computes with them."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     from edgequant.targets.executorch import _portable_lib
 
     torch.manual_seed(0)
-    specs = {"a": (QuantScheme(4, 32, True), 64, 96), "b": (QuantScheme(4, -1, True), 96, 64), "c": (QuantScheme(8, -1, True), 64, 32)}
+    specs = {"a": (QuantScheme(4, 32, True), 64, 96), "b": (QuantScheme(4, -1, True), 96, 64), "c": (QuantScheme(8, -1, True), 64, 32), "d": (QuantScheme(3, 32, False), 32, 48)}
     ours = {k: QuantizedLinear(*quantize_weight(torch.randn(o, i), s), s) for k, (s, i, o) in specs.items()}
-    plans = {k: E.plan_linear(k, m, "8da4w") for k, m in ours.items()}
+    plans = {k: E.plan_linear(k, m, "4w" if k == "d" else "8da4w") for k, m in ours.items()}
+    assert [p.kind for p in plans.values()] == ["qb4w", "qb4w", "qc8w", "fp32w"]
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             for k, m in ours.items():
-                setattr(self, k, E.xnnpack_linear(m, plans[k]))
+                setattr(self, k, E.float_linear(m) if plans[k].kind == "fp32w" else E.xnnpack_linear(m, plans[k]))
 
         def forward(self, x):
-            return self.c(self.b(self.a(x)))
+            return self.d(self.c(self.b(self.a(x))))
 
     net = Net()
     x = torch.randn(3, 64)
@@ -207,12 +207,12 @@ def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
         edge = to_edge_transform_and_lower(ep, partitioner=E._partitioners("all"), compile_config=EdgeCompileConfig(_check_ir_validity=False))
         summary = E.delegation_summary(edge.exported_program().graph_module)
         pte = edge.to_executorch().buffer
-    assert summary["delegate_calls"] == 1 and summary["outside"] == {} and summary["inside"]["aten.linear.default"] == 3
-    assert E.verify_program_weights(pte, ours, plans) == {"verified": 3, "missing": []}
+    assert summary["delegate_calls"] == 1 and summary["outside"] == {} and summary["inside"]["aten.linear.default"] == 4
+    assert E.verify_program_weights(pte, ours, plans) == {"verified": 4, "missing": []}
     # the bytes really are the codes: nibbles of layer a unpacked back equal our codes
-    w, _ = E.xnnpack_weight_blobs(ours["a"], plans["a"])
     data = E.program_named_data(pte)
-    blob = torch.frombuffer(bytearray(data[hashlib.sha256(w).hexdigest()]), dtype=torch.uint8)
+    key = next(k for k in E.xnnpack_weight_blobs(ours["a"], plans["a"]) if not k.startswith("scale_"))
+    blob = torch.frombuffer(bytearray(data[key]), dtype=torch.uint8)
     codes = torch.stack([blob & 15, blob >> 4], -1).reshape(96, 64)
     assert torch.equal(codes, ours["a"].codes)
     # and the program computes with them
@@ -221,7 +221,7 @@ def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
     got = _portable_lib()._load_for_executorch(str(f)).forward((x,))[0]
     with torch.no_grad():
         want = net(x)
-        exact = ours["c"](ours["b"](ours["a"](x)))
+        exact = ours["d"](ours["c"](ours["b"](ours["a"](x))))
     assert torch.allclose(got, want, rtol=0.02, atol=0.02 * want.abs().max().item())
     assert (got - exact).abs().max() <= 0.05 * exact.abs().max()
 
@@ -408,3 +408,25 @@ def test_cli_check_against_the_quantized_checkpoint(exported):
     assert code == 0, err
     r = json.loads(stdout)
     assert r["target"] == "xnnpack" and r["top1"] >= 0.95 and r["kl"] < 2e-3
+
+
+@pytest.mark.slow
+def test_weight_only_4w_is_parity_exact_for_any_scheme(tiny_llama, tmp_path):
+    """--scheme 4w: float activations with exactly our weights (held as float32), so an asymmetric 3-bit
+    checkpoint XNNPACK cannot compute in int4 still exports, and agrees with the torch model to float
+    rounding."""
+    from edgequant.targets.executorch import ExecuTorchRuntime
+    from edgequant.targets.torch_runtime import TorchRuntime
+
+    q = make_checkpoint(tiny_llama, tmp_path / "q", QuantScheme(3, 32, False), embed=QuantScheme(8, -1, True))
+    out = tmp_path / "m.pte"
+    code, stdout, err = run_cli("export", q, "--target", "xnnpack", "--scheme", "4w", "--out", out, "--max-seq-len", "64", "--json")
+    assert code == 0, err
+    d = json.loads(stdout)["details"]
+    assert d["linears"] == {"fp32w": 14, "fp32": 1} and d["weights_verified"] == 14 and d["linears_outside"] == 0
+    rt, ref = ExecuTorchRuntime(out), TorchRuntime(q, max_seq_len=64)
+    toks = torch.randint(3, rt.meta.vocab_size, (60,), generator=torch.Generator().manual_seed(4))
+    got, want = rt.prefill(toks), ref.prefill(toks)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max() < 1e-3
+

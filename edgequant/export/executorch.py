@@ -48,20 +48,25 @@ DEFAULT_MAX_CHUNK = 128
 META_METHOD = "get_edgequant_meta"
 
 #: 8da4w: int8 dynamic activations (asymmetric, per token) with int4 weights (in groups of a multiple of 32, or
-#: per channel); a layer the checkpoint keeps at 8 bits per channel runs as 8da8w, a float one as an fp32 GEMM
-SUPPORTED_SCHEMES = ("8da4w",)
+#: per channel); a layer the checkpoint keeps at 8 bits per channel runs as 8da8w, a float one as an fp32 GEMM.
+#: 4w: weight-only numerics (float activations) with exactly our weights, which XNNPACK can only hold as float32
+#: (it has no weight-only GEMM for grouped int4): parity-exact with the quantized checkpoint, any bit width or
+#: zero point, but no smaller or faster than a float model.
+SUPPORTED_SCHEMES = ("8da4w", "4w")
 
 
 @dataclass(frozen=True)
 class LinearPlan:
     """How one linear is represented in the program."""
 
-    kind: str  # "qb4w" (int4 in groups; per channel = one group), "qc8w" (per-channel int8), "fp32"
+    #: "qb4w" (int4 in groups; per channel = one group), "qc8w" (per-channel int8), "fp32" (a float linear),
+    #: "fp32w" (our quantized weight, dequantized exactly to float32)
+    kind: str
     scheme: QuantScheme | None
 
     @property
     def label(self) -> str:
-        return self.kind if self.kind == "fp32" else f"8da-{self.kind}"
+        return self.kind if self.kind.startswith("fp32") else f"8da-{self.kind}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,11 +78,12 @@ def plan_linear(name: str, module: nn.Module, scheme: str) -> LinearPlan:
     if not isinstance(module, QuantizedLinear):
         return LinearPlan("fp32", None)
     s = module.scheme
-    if scheme in ("4w", "8w"):
+    if scheme == "4w":
+        return LinearPlan("fp32w", s)
+    if scheme == "8w":
         raise TargetError(
-            f"XNNPACK runs quantized linears only with int8 dynamic activations; weight-only '{scheme}' is not "
-            "supported on this target (XNNPACK has no weight-only int4 GEMM in ExecuTorch 1.5): "
-            "export with --scheme 8da4w, or use the onnx target for weight-only int4"
+            "XNNPACK has no weight-only int8 GEMM for grouped weights: export with --scheme 8da4w (int8 dynamic "
+            "activations), or --scheme 4w for weight-only numerics with the weights held as float32"
         )
     if not s.symmetric:
         raise TargetError(
@@ -247,7 +253,7 @@ def build_executorch_lm(loaded, scheme: str = "8da4w", max_seq_len: int = 1024):
 
     def linear_fn(name: str, module: nn.Module) -> nn.Module:
         plan = plans[name]
-        return float_linear(module) if plan.kind == "fp32" else xnnpack_linear(module, plan)
+        return float_linear(module) if plan.kind.startswith("fp32") else xnnpack_linear(module, plan)
 
     def embed_fn(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, QuantizedEmbedding):
@@ -414,10 +420,19 @@ def lower(lm, constant_methods: dict, max_chunk: int, delegate: str = "all", pro
 # reading our weights back out of the program
 
 
-def xnnpack_weight_blobs(module: QuantizedLinear, plan: LinearPlan) -> tuple[bytes, bytes]:
-    """The bytes XNNPACK's delegate must hold for ``module``: its weight (int4: two codes a byte, the
-    first in the low nibble, stored as ``signed + 8`` which for symmetric codes is the code itself;
-    int8: the signed codes) and its scales (int4: bfloat16; int8 per channel: float32)."""
+def xnnpack_weight_blobs(module: QuantizedLinear, plan: LinearPlan) -> dict[str, bytes]:
+    """The named data XNNPACK's delegate must hold for ``module``, keyed as XNNPACK keys it (by content
+    hash): int4 weights two codes a byte, the first in the low nibble, stored as ``signed + 8`` (for
+    symmetric codes, the code itself), with bfloat16 scales; int8 per-channel weights as the signed codes
+    with float32 scales; ``fp32w`` the dequantized weight as float32."""
+    import hashlib
+
+    def sha(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()
+
+    if plan.kind == "fp32w":
+        w = module.weight.to(torch.float32).contiguous().numpy().tobytes()
+        return {sha(w): w}
     q = signed_codes(module)
     if plan.kind == "qb4w":
         u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(-1)
@@ -428,7 +443,8 @@ def xnnpack_weight_blobs(module: QuantizedLinear, plan: LinearPlan) -> tuple[byt
         scale = module.scales.to(torch.float32).reshape(-1).contiguous()
     else:
         raise ValueError(plan.kind)
-    return weight.numpy().tobytes(), scale.numpy().tobytes()
+    w, sc = weight.numpy().tobytes(), scale.numpy().tobytes()
+    return {sha(w): w, "scale_" + sha(sc): sc}
 
 
 def program_named_data(pte: bytes) -> dict[str, bytes]:
@@ -444,16 +460,12 @@ def program_named_data(pte: bytes) -> dict[str, bytes]:
 def verify_program_weights(pte: bytes, modules: dict[str, nn.Module], plans: dict[str, LinearPlan]) -> dict:
     """Check that every quantized linear's codes and scales (as XNNPACK stores them) are in the program,
     byte for byte. Returns counts and the names of any that are missing."""
-    import hashlib
-
     data = program_named_data(pte)
     ok, missing = 0, []
     for name, plan in plans.items():
         if plan.kind == "fp32":
             continue
-        w, s = xnnpack_weight_blobs(modules[name], plan)
-        wk, sk = hashlib.sha256(w).hexdigest(), "scale_" + hashlib.sha256(s).hexdigest()
-        if data.get(wk) == w and data.get(sk) == s:
+        if all(data.get(k) == b for k, b in xnnpack_weight_blobs(modules[name], plan).items()):
             ok += 1
         else:
             missing.append(name)
