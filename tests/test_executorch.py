@@ -381,7 +381,6 @@ def test_executorchs_own_llm_runner_runs_the_program(exported):
     _portable_lib()  # registers the llama:: and quantized kernels the runner's program needs
     tok_dir = out.with_suffix(".tokenizer")
     runner = TextLLMRunner(str(out), str(tok_dir / "tokenizer.json"))
-    assert runner.get_vocab_size() == ExecuTorchRuntime(out).meta.vocab_size
     pieces: list[str] = []
     runner.generate("To be, or not to be", GenerationConfig(echo=False, max_new_tokens=8, temperature=0.0), token_callback=pieces.append)
     assert len(pieces) >= 1
