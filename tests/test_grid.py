@@ -76,3 +76,12 @@ def test_bad_schemes_are_user_errors():
 def test_bits_per_weight_counts_scales():
     assert QuantScheme(4, 32, True).bits_per_weight(4096) == 4.5
     assert QuantScheme(4, 128, False).bits_per_weight(4096) == 4 + 20 / 128
+
+
+def test_scales_are_exact_in_float16_and_bfloat16():
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(5)) * torch.logspace(-4, 1, 64)[:, None]
+    for scheme in (QuantScheme(4, 32, True), QuantScheme(4, 64, False), QuantScheme(8, -1, True)):
+        _, scales, _ = quantize_weight(w, scheme)
+        s32 = scales.float()
+        assert torch.equal(s32.to(torch.bfloat16).float(), s32)
+        assert torch.equal(s32.to(torch.float16).float(), s32)

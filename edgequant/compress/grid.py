@@ -1,8 +1,10 @@
 """The integer grid: per-group scales and zero points, rounding to codes, and back.
 
-Scales are rounded to float16 before any code is chosen, so the stored (float16) scale is exactly the
-scale the codes were computed against, and every runtime (float32 XNNPACK or ONNX Runtime, float16
-Core ML) holds the same numbers. ``(code - zero) * scale`` is exact in float32.
+Scales are rounded before any code is chosen to values that float16 *and* bfloat16 both hold exactly
+(8 significant bits, within float16's normal range), so the stored float16 scale is exactly the scale
+the codes were computed against, and every runtime holds the same numbers: float32 (ONNX Runtime),
+float16 (Core ML) and bfloat16 (XNNPACK's int4 kernels keep their scales in bfloat16).
+``(code - zero) * scale`` is exact in float32.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch
 
 from edgequant.compress.scheme import QuantScheme
 
-_FP16_TINY = float(torch.finfo(torch.float16).tiny)
+_SCALE_MIN = float(torch.finfo(torch.float16).tiny)  # smallest normal float16, 2**-14
+_SCALE_MAX = 65280.0  # largest bfloat16 value that float16 holds
 
 
 @dataclass
@@ -23,9 +26,9 @@ class GroupParams:
     zero: torch.Tensor  # float32 holding integers
 
 
-def _to_fp16_exact(scale: torch.Tensor) -> torch.Tensor:
-    scale = scale.clamp(min=_FP16_TINY, max=65504.0)
-    return scale.to(torch.float16).to(torch.float32)
+def exact_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to the nearest value exact in both float16 and bfloat16 (as float32)."""
+    return scale.clamp(min=_SCALE_MIN, max=_SCALE_MAX).to(torch.bfloat16).to(torch.float32)
 
 
 def group_params(w: torch.Tensor, scheme: QuantScheme, shrink: torch.Tensor | float = 1.0) -> GroupParams:
@@ -39,14 +42,14 @@ def group_params(w: torch.Tensor, scheme: QuantScheme, shrink: torch.Tensor | fl
     if scheme.symmetric:
         absmax = w.abs().amax(dim=1, keepdim=True) * shrink
         # the GPTQ / llm-compressor convention: codes -2^(b-1) .. 2^(b-1)-1 span [-absmax, absmax]
-        scale = _to_fp16_exact(2.0 * absmax / maxq)
+        scale = exact_scale(2.0 * absmax / maxq)
         zero = torch.full_like(scale, float(scheme.implicit_zero))
     else:
         wmin = w.amin(dim=1, keepdim=True) * shrink
         wmax = w.amax(dim=1, keepdim=True) * shrink
         wmin = torch.minimum(wmin, torch.zeros_like(wmin))
         wmax = torch.maximum(wmax, torch.zeros_like(wmax))
-        scale = _to_fp16_exact((wmax - wmin) / maxq)
+        scale = exact_scale((wmax - wmin) / maxq)
         zero = torch.round(-wmin / scale).clamp(0, maxq)
     return GroupParams(scale=scale, zero=zero)
 
