@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, a fraction of the mean Hessian diagonal")
     q.add_argument("--block-size", type=int, default=128, help="GPTQ lazy-update block")
-    q.add_argument("--act-order", action="store_true", help="GPTQ columns in decreasing Hessian order (static groups)")
+    q.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True, help="GPTQ columns in decreasing Hessian order with static groups (default on; --no-act-order for the natural order)")
     q.add_argument("--static-groups", action="store_true")
     q.add_argument("--mse", action="store_true", help="choose each group's range by error search, not min-max")
     q.add_argument("--guard", action="append", help="held-out text unlike the calibration set: per layer keep GPTQ or RTN, whichever errs less on it")

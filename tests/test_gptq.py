@@ -23,11 +23,12 @@ def test_gptq_beats_rtn_on_the_layer_output_for_correlated_inputs():
     x, x_test = both[:4096], both[4096:]  # calibration inputs, and fresh inputs of the same distribution
     for scheme in (QuantScheme(4, 64, True), QuantScheme(3, 128, False), QuantScheme(4, -1, True)):
         q_rtn = dequantize_weight(*quantize_weight(w, scheme))
-        q_gptq = dequantize_weight(*gptq_quantize(w, hessian(x), scheme))
-        for xs in (x, x_test):
-            e_rtn = ((xs @ (w - q_rtn).T) ** 2).sum()
-            e_gptq = ((xs @ (w - q_gptq).T) ** 2).sum()
-            assert e_gptq < 0.8 * e_rtn, (scheme, float(e_gptq / e_rtn))
+        for cfg in (GPTQConfig(), GPTQConfig(act_order=False)):  # act-order (the default) and natural order
+            q_gptq = dequantize_weight(*gptq_quantize(w, hessian(x), scheme, cfg))
+            for xs in (x, x_test):
+                e_rtn = ((xs @ (w - q_rtn).T) ** 2).sum()
+                e_gptq = ((xs @ (w - q_gptq).T) ** 2).sum()
+                assert e_gptq < 0.8 * e_rtn, (scheme, cfg, float(e_gptq / e_rtn))
 
 
 def test_output_error_matches_the_direct_computation():

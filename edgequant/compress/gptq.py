@@ -22,7 +22,7 @@ from edgequant.compress.scheme import QuantScheme
 class GPTQConfig:
     damp: float = 0.01  # fraction of the mean Hessian diagonal added to it
     block_size: int = 128  # columns per lazy-update block
-    act_order: bool = False
+    act_order: bool = True  # measured better end to end on SmolLM2 out of domain (benches/RESULTS.md)
     static_groups: bool = False  # implied by act_order
     mse: bool = False  # choose each group's range by an error search instead of min-max
 
