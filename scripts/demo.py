@@ -71,6 +71,45 @@ def main() -> int:
         qdirs[label] = qdir
     print(table(["model", "method", "bits/weight", "ppl", "mean KL", "top-1", "quantize s"], rows))
     (out / "quality.json").write_text(json.dumps(rows, indent=1))
+
+    # the GPTQ int4 checkpoint, lowered to every target, proved against the checkpoint and timed
+    from edgequant.errors import EdgequantError
+    from edgequant.export.api import export
+    from edgequant.targets.parity import check
+    from edgequant.targets.profile import profile
+
+    src = qdirs["GPTQ int4 g128"]
+    print(f"\n{src.name} exported, checked against the checkpoint ({eval_tokens // 4} tokens) and profiled (2 threads, "
+          "prompt 128, 64 new tokens):\n")
+    targets = [("xnnpack", "8da4w", ".pte"), ("xnnpack", "4w", "-4w.pte"), ("onnx", None, "-onnx"), ("coreml", None, ".mlpackage")]
+    speed = []
+    for target, scheme, suffix in targets:
+        art = out / f"{src.name}{suffix}"
+        label = target + (f" {scheme}" if scheme else "")
+        try:
+            ex = export(src, target, art, scheme=scheme, max_seq_len=512)
+        except (EdgequantError, ImportError) as e:
+            speed.append([label, "-", "-", "-", "-", "-", f"not exported: {str(e)[:60]}"])
+            continue
+        row = [label, f"{ex.size_mb:.2f}"]
+        try:
+            r, _ = check(art, src, text, seq_len=256, max_tokens=eval_tokens // 4)
+            row += [f"{100 * r.top1:.2f}%", f"{r.kl:.2e}"]
+        except EdgequantError as e:
+            row += ["-", "-"]
+            speed.append(row + ["-", "-", f"exported; {str(e)[:70]}"])
+            continue
+        if target == "coreml" and sys.platform != "darwin":
+            speed.append(row + ["-", "-", "checked with the MIL evaluator; Core ML itself runs on Apple OSes"])
+            continue
+        try:
+            p = profile(art, prompt_len=128, gen=64, runs=3, threads=2)
+            row += [f"{p.prefill_tok_s:.0f}", f"{p.decode_tok_s:.0f}", ""]
+        except EdgequantError as e:
+            row += ["-", "-", f"not timed: {str(e)[:60]}"]
+        speed.append(row)
+    print(table(["target", "size MB", "top-1 vs ckpt", "mean KL", "prefill tok/s", "decode tok/s", "note"], speed))
+    (out / "targets.json").write_text(json.dumps(speed, indent=1))
     return 0
 
 

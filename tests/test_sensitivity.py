@@ -42,7 +42,7 @@ def test_budget_is_met_and_the_estimate_matches_the_checkpoint(tiny_llama, repor
 
     plan, kl, size = plan_budget(loaded, rows, budget)
     assert smallest < size <= budget
-    assert {s.bits for s in plan.values()} >= {2, 8} or {s.bits for s in plan.values()} >= {4, 8}
+    assert len({s.bits for s in plan.values()}) >= 2  # a budget between the extremes needs mixed widths
     recipe = plan_to_recipe(plan, ["model.embed_tokens", "lm_head"], method="rtn")
     (tmp_path / "plan.yaml").write_text(recipe.to_yaml())
     quantize(tiny_llama, tmp_path / "q", recipe=tmp_path / "plan.yaml", progress=False)

@@ -147,7 +147,9 @@ def save_quantized(model: nn.Module, tokenizer, info: QuantizationInfo, out_dir:
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    save_file(checkpoint_tensors(model, info), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "edgequant": str(FORMAT_VERSION)})
+    # one metadata key only: safetensors writes the metadata map in hash order, which varies between calls, so
+    # a second key would make the bytes of the same checkpoint differ (the format version is in quantization.json)
+    save_file(checkpoint_tensors(model, info), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):  # e.g. the GGUF loader's marker: our weights are plain tensors now
         del config.quantization_config

@@ -104,7 +104,8 @@ def _gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: QuantScheme, cfg: G
             p = _params(w[:, gi * g : (gi + 1) * g], scheme, cfg.mse)
             scales[:, gi], zeros[:, gi] = p.scale[:, 0], p.zero[:, 0]
 
-    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(in_f, device=dev)
+    # stable: equal diagonals (e.g. columns never excited) keep their natural order, so runs are reproducible
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if cfg.act_order else torch.arange(in_f, device=dev)
     w = w[:, perm]
     h = h[perm][:, perm]
     hinv = inverse_hessian_factor(h, cfg.damp).float()

@@ -14,15 +14,18 @@ codes ``code - zero``, zero point 0); exported, it is ``dequantize_affine`` (+ t
 ``choose_qparams/quantize/dequantize`` of int8 dynamic activations), the pattern XNNPACK's partitioner
 turns into its ``qd8-f32-qb4w`` (int4 in groups; a per-channel int4 layer is one group) or ``qd8-f32-qc8w``
 (per-channel int8) fully-connected kernels. The codes go into the program bit for bit; XNNPACK stores
-int4 scales as bfloat16, so an int4 scale is our float16 scale rounded to bfloat16 (at most 2^-8
-relative); int8 per-channel scales stay float32 (exact). :func:`verify_program_weights` reads them back
+int4 scales as bfloat16, and edgequant's scales are chosen exact in both float16 and bfloat16, so they
+go in unchanged too (a checkpoint from another tool may lose up to 2^-8 relative there, which
+:func:`scale_rounding` reports); int8 per-channel scales stay float32 (exact). :func:`verify_program_weights` reads them back
 out of the written program. Float linears (a float ``lm_head``, tied or not) are XNNPACK fp32 GEMMs. A
 :class:`QuantizedEmbedding` becomes ExecuTorch's ``quantized_decomposed::embedding_{2,4}bit / byte``
 with our codes and float32 scales (exact).
 
 The int8 dynamic activations are what 8da4w costs against the checkpoint's float-activation numerics (on
-SmolLM2-135M a mean KL of about 0.02 and 9% of top-1 choices, one linear at a time it is XNNPACK's result
-to 1e-6; the bfloat16 scales cost 1e-4). Scheme ``4w`` keeps float activations and holds our dequantized
+SmolLM2-135M a mean KL of about 0.02 and 9% of top-1 choices; one linear at a time it is XNNPACK's result
+to 1e-6, but over 30 layers the rounding of int8 activations is chaotic: an eager emulation with the
+same formula as torchao's, or torchao's own eager module, differs from the program by the same KL 0.02,
+so parity of the lowering is shown per linear and exactly with ``4w``). Scheme ``4w`` keeps float activations and holds our dequantized
 weights as float32 (XNNPACK has no weight-only GEMM for grouped int4): exact parity for any bit width or
 zero point, at the size and speed of a float model.
 
