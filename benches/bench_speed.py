@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-tokens", type=int, default=2048)
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--export-only", action="store_true", help="export (cached) and stop: exports need no quiet machine, timings do")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -79,6 +80,8 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {t}: export (load {load:.1f})", file=sys.stderr, flush=True)
         ex = cached(out / f"{art.name}.export.json", lambda: cli("export", str(qdir), *args, "--out", str(art), "--force", "--quiet"), a.force)
         row = {"artifact": label, "size_mb": ex.get("size_mb"), "export_s": ex.get("seconds"), "load": round(load, 1)}
+        if a.export_only:
+            continue
         try:
             print(f"[{time.strftime('%H:%M:%S')}] {t}: check", file=sys.stderr, flush=True)
             ck = cached(out / f"{art.name}.check{a.check_tokens}.json",
@@ -92,6 +95,8 @@ def main() -> None:
             row.update(top1=100 * ck["top1"], kl=ck["kl"], prefill=pr["prefill_tok_s"], decode=pr["decode_tok_s"], ttft_ms=1000 * pr["ttft_s"],
                        load_s=pr["load_s"], rss=pr["peak_rss_mb"])
         rows.append(row)
+    if a.export_only:
+        return
     if not a.no_llamacpp:
         try:
             from benches.peers.llamacpp_speed import llamacpp_speed
