@@ -29,13 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, print_table  # noqa: E402
+from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, print_table, repo_env  # noqa: E402
 
 CHILD = REPO / "benches" / "peers" / "llmc_gptq_child.py"
-
-
-def main_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def ensure_hf_dir(dest: Path) -> Path:
@@ -49,7 +45,7 @@ def ensure_hf_dir(dest: Path) -> Path:
         "m.model.save_pretrained(sys.argv[1]); m.tokenizer.save_pretrained(sys.argv[1])"
     )
     tmp = dest.with_name(dest.name + ".partial")
-    subprocess.run([MAIN_PYTHON, "-c", code, str(tmp)], check=True, env=main_env(), cwd=REPO)
+    subprocess.run([MAIN_PYTHON, "-c", code, str(tmp)], check=True, env=repo_env(), cwd=REPO)
     tmp.rename(dest)
     return dest
 
@@ -65,7 +61,7 @@ def ensure_calib(hf_dir: Path, samples: int, seq_len: int, seed: int, dest: Path
             "save_file({'input_ids': w.contiguous()}, sys.argv[5])\n"
         )
         subprocess.run([MAIN_PYTHON, "-c", code, str(hf_dir), str(samples), str(seq_len), str(seed), str(dest)],
-                       check=True, env=main_env(), cwd=REPO)
+                       check=True, env=repo_env(), cwd=REPO)
     from safetensors.torch import load_file
 
     ids = load_file(str(dest))["input_ids"]
@@ -145,12 +141,12 @@ def main() -> None:
                  [MAIN_PYTHON, "-m", "edgequant.cli", "quantize", str(hf), "--method", "gptq", "--group-size", str(a.group_size),
                   "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--seed", str(a.seed), *extra,
                   "--out", str(out), "--force", "--json"],
-                 main_env(), out)
+                 repo_env(), out)
         if a.with_rtn:
             out = work / f"edgequant_rtn_g{a.group_size}"
             run_tool("edgequant RTN (no calibration)", out,
                      [MAIN_PYTHON, "-m", "edgequant.cli", "quantize", str(hf), "--method", "rtn", "--group-size", str(a.group_size),
-                      "--out", str(out), "--force", "--json"], main_env(), out)
+                      "--out", str(out), "--force", "--json"], repo_env(), out)
 
     # One evaluation process for all results: the reference's logits are computed once (benches/peers/eval_many.py).
     todo = [str(m) for _, m, c in evals if a.force or not c.is_file()]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches.peers.common import MAIN_PYTHON, REPO, gguf_bits_per_weight, peers_dir, print_table  # noqa: E402
+from benches.peers.common import MAIN_PYTHON, REPO, gguf_bits_per_weight, peers_dir, print_table, repo_env  # noqa: E402
 from benches.peers.gguf_variants import make_variants  # noqa: E402
 
 
@@ -39,7 +38,7 @@ def run_eval(model: str, ref: str = "smollm2", text: str = "builtin:britannica",
     if cache is not None and cache.is_file() and not force:
         return json.loads(cache.read_text())
     cmd = eval_cmd(model, ref, text, max_tokens, seq_len)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = repo_env()
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches.peers.common import MAIN_PYTHON, REPO, gguf_bits_per_weight, peers_dir, print_table  # noqa: E402
+from benches.peers.common import MAIN_PYTHON, REPO, gguf_bits_per_weight, peers_dir, print_table, repo_env  # noqa: E402
 
 RECIPES = {
     "@HEAD8_G64": """\
@@ -67,25 +68,19 @@ DEFAULT_RUNS = list(RUNS)
 GGUF_ROWS = ("Q8_0", "Q4_K_M", "Q4_0")
 
 
-def run_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def load1() -> float:
     return os.getloadavg()[0]
 
 
 def ensure_float_dir(dest: Path) -> Path:
     if not (dest / "config.json").is_file():
-        subprocess.run([MAIN_PYTHON, "-m", "edgequant.cli", "convert", "smollm2", "--out", str(dest)], check=True, env=run_env(), cwd=REPO)
+        subprocess.run([MAIN_PYTHON, "-m", "edgequant.cli", "convert", "smollm2", "--out", str(dest)], check=True, env=repo_env(), cwd=REPO)
     return dest
 
 
 def bits_per_weight(qdir: Path) -> dict:
     """Deployment bits per weight of a quantized checkpoint: decoder linears, and all of them with the embedding
     and lm_head (a tied pair counted once)."""
-    from torch import nn
-
     from edgequant.compress.qlinear import QuantizedEmbedding, QuantizedLinear
     from edgequant.models.loading import load_model
 
@@ -153,14 +148,12 @@ def main() -> None:
         qdir = runs_dir / f"{n}_{tag}"
         run_json = qdir.with_name(qdir.name + ".run.json")
         if a.force or not run_json.is_file():
-            import shutil
-
             shutil.rmtree(qdir, ignore_errors=True)
             cmd = [MAIN_PYTHON, "-m", "edgequant.cli", "quantize", str(float_dir), *args, "--calib", a.calib,
                    "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--seed", "0", "--out", str(qdir), "--json", "--quiet"]
             ld = load1()
             print(f"[{time.strftime('%H:%M:%S')}] {n}: quantize (load {ld:.1f})", file=sys.stderr, flush=True)
-            p = subprocess.run(cmd, env=run_env(), cwd=REPO, capture_output=True, text=True)
+            p = subprocess.run(cmd, env=repo_env(), cwd=REPO, capture_output=True, text=True)
             if p.returncode:
                 raise SystemExit(f"{n} failed:\n{p.stderr[-3000:]}")
             info = json.loads(p.stdout.strip().splitlines()[-1])

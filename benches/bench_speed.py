@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, print_table  # noqa: E402
+from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, print_table, repo_env  # noqa: E402
 
 TARGETS = {
     "xnnpack": (["--target", "xnnpack", "--scheme", "8da4w"], ".pte", "ExecuTorch XNNPACK 8da4w"),
@@ -32,12 +32,8 @@ TARGETS = {
 }
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def cli(*args: str, timeout: float = 3600) -> dict:
-    p = subprocess.run([MAIN_PYTHON, "-m", "edgequant.cli", *args, "--json"], env=env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run([MAIN_PYTHON, "-m", "edgequant.cli", *args, "--json"], env=repo_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
         raise RuntimeError(f"edgequant {' '.join(args)} failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -69,7 +65,7 @@ def main() -> None:
     if qdir is None:
         qdir = peers_dir() / "runs" / "quality" / "gptq-4b-g32_n32x512"
         if not (qdir / "quantization.json").is_file():
-            subprocess.run([MAIN_PYTHON, str(REPO / "benches" / "bench_quality.py"), "--only", "gptq-4b-g32"], env=env(), cwd=REPO, check=True)
+            subprocess.run([MAIN_PYTHON, str(REPO / "benches" / "bench_quality.py"), "--only", "gptq-4b-g32"], env=repo_env(), cwd=REPO, check=True)
     rows = []
     for t in a.targets.split(","):
         if t not in TARGETS:

@@ -22,13 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches.peers.common import MAIN_PYTHON, REPO, peers_dir  # noqa: E402
+from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, repo_env  # noqa: E402
 
 
 def run(script: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print(f"\n## {script} {' '.join(args)}\n", flush=True)
-    p = subprocess.run([MAIN_PYTHON, str(REPO / "benches" / script), *args], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    p = subprocess.run([MAIN_PYTHON, str(REPO / "benches" / script), *args], env=repo_env(), cwd=REPO, stdout=subprocess.PIPE, text=True)
     print(p.stdout, flush=True)
     if p.returncode:
         return f"## {script}\n\nfailed with exit code {p.returncode}\n"

@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 MAIN_PYTHON = os.environ.get("EDGEQUANT_PYTHON", sys.executable)
 
 
+def repo_env() -> dict:
+    """The environment for a child process that must import this checkout's edgequant first."""
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def peers_dir() -> Path:
     return Path(os.environ.get("EDGEQUANT_PEERS", REPO / ".peers")).resolve()
 
