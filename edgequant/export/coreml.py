@@ -353,15 +353,11 @@ def export_coreml(loaded, art_path: Path, scheme: str = "blockwise", max_seq_len
         )
     info = loaded.quant_info
     scheme_desc = info.default_scheme.describe() if info else "float"
-    meta = ArtifactMeta(
+    meta = ArtifactMeta.for_decoder(
+        spec,
         target="coreml",
-        vocab_size=spec.vocab_size,
-        max_seq_len=spec.max_seq_len,
-        bos_id=spec.bos_id,
-        eos_ids=list(spec.eos_ids),
-        n_layers=spec.n_layers,
         scheme=scheme_desc if weights == "quantized" else "float16",
-        source=str(loaded.path),
+        source=loaded.path,
         extra={"weights": weights, "n_kv_heads": spec.n_kv_heads, "head_dim": spec.head_dim, "inputs": [INPUT_TOKENS, INPUT_START], "output": OUTPUT_LOGITS},
     )
     md = model.user_defined_metadata

@@ -355,15 +355,11 @@ def metadata(lm, loaded, scheme: str, max_chunk: int, plans: dict[str, LinearPla
     spec = lm.spec
     info = loaded.quant_info
     kinds = collections.Counter(p.label for p in plans.values())
-    meta = ArtifactMeta(
+    meta = ArtifactMeta.for_decoder(
+        spec,
         target="xnnpack",
-        vocab_size=spec.vocab_size,
-        max_seq_len=spec.max_seq_len,
-        bos_id=spec.bos_id,
-        eos_ids=list(spec.eos_ids),
-        n_layers=spec.n_layers,
         scheme=scheme,
-        source=str(loaded.path),
+        source=loaded.path,
         extra={
             "max_chunk": max_chunk,
             "checkpoint_scheme": info.default_scheme.describe() if info else "float",

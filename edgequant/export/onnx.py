@@ -559,15 +559,11 @@ def export_onnx(
 
     info = loaded.quant_info
     qdesc = "float32" if float_weights else (info.default_scheme.describe() if info else "float")
-    meta = ArtifactMeta(
+    meta = ArtifactMeta.for_decoder(
+        spec,
         target="onnx",
-        vocab_size=spec.vocab_size,
-        max_seq_len=spec.max_seq_len,
-        bos_id=spec.bos_id,
-        eos_ids=list(spec.eos_ids),
-        n_layers=spec.n_layers,
         scheme=f"{scheme} {qdesc}" if not float_weights else "float32",
-        source=str(loaded.path),
+        source=loaded.path,
         extra={
             "n_kv_heads": spec.n_kv_heads,
             "head_dim": spec.head_dim,

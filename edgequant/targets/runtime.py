@@ -32,6 +32,14 @@ class ArtifactMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
+    def for_decoder(cls, spec, *, target: str, scheme: str, source, extra: dict | None = None) -> "ArtifactMeta":
+        """The metadata of an artifact lowered from a decoder with geometry ``spec`` (an ``LLMSpec``)."""
+        return cls(
+            target=target, vocab_size=spec.vocab_size, max_seq_len=spec.max_seq_len, bos_id=spec.bos_id,
+            eos_ids=list(spec.eos_ids), n_layers=spec.n_layers, scheme=scheme, source=str(source), extra=extra or {},
+        )
+
+    @classmethod
     def from_json(cls, s: str) -> "ArtifactMeta":
         d = json.loads(s)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

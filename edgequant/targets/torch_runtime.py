@@ -23,16 +23,7 @@ class TorchRuntime(LLMRuntime):
         self.lm = DecoderLM.from_loaded(loaded, max_seq_len=max_seq_len)
         spec = self.lm.spec
         info = loaded.quant_info
-        self.meta = ArtifactMeta(
-            target="torch",
-            vocab_size=spec.vocab_size,
-            max_seq_len=spec.max_seq_len,
-            bos_id=spec.bos_id,
-            eos_ids=spec.eos_ids,
-            n_layers=spec.n_layers,
-            scheme=info.default_scheme.describe() if info else "float",
-            source=str(path),
-        )
+        self.meta = ArtifactMeta.for_decoder(spec, target="torch", scheme=info.default_scheme.describe() if info else "float", source=path)
 
     def reset(self) -> None:
         self.lm.reset_cache()
