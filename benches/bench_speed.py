@@ -27,6 +27,7 @@ from benches.peers.common import MAIN_PYTHON, REPO, peers_dir, print_table, repo
 
 TARGETS = {
     "xnnpack": (["--target", "xnnpack", "--scheme", "8da4w"], ".pte", "ExecuTorch XNNPACK 8da4w"),
+    "xnnpack-r": (["--target", "xnnpack", "--scheme", "8da4w-r"], "-r.pte", "ExecuTorch XNNPACK 8da4w-r"),
     "onnx": (["--target", "onnx"], "-onnx", "ONNX Runtime MatMulNBits"),
     "coreml": (["--target", "coreml"], ".mlpackage", "Core ML (macOS only to run)"),
 }
@@ -50,7 +51,7 @@ def cached(path: Path, fn, force: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--qdir", type=Path)
-    ap.add_argument("--targets", default="xnnpack,onnx")
+    ap.add_argument("--targets", default="xnnpack,xnnpack-r,onnx")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-tokens", type=int, default=2048)
     ap.add_argument("--no-llamacpp", action="store_true")

@@ -226,6 +226,61 @@ def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
     assert (got - exact).abs().max() <= 0.05 * exact.abs().max()
 
 
+def _xnnpack_run(net: nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.Tensor, dict]:
+    """Lower ``net`` to XNNPACK, run the program in ExecuTorch's runtime: (output, delegation summary)."""
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    from edgequant.targets.executorch import _portable_lib
+
+    with E.quiet(), torch.no_grad():
+        ep = torch.export.export(net, (x,), strict=False).run_decompositions({})
+        edge = to_edge_transform_and_lower(ep, partitioner=E._partitioners("all"), compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        summary = E.delegation_summary(edge.exported_program().graph_module)
+        path.write_bytes(edge.to_executorch().buffer)
+    return _portable_lib()._load_for_executorch(str(path)).forward((x,))[0], summary
+
+
+def test_int8_grid_is_requantized_without_loss():
+    """The first half of 8da4w-r's rows: XNNPACK's per-token parameters recomputed from the gridded values
+    give back the same grid, so its int8 quantization of them loses nothing; the residual is at most half
+    a step."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(64, 256) * torch.rand(64, 1) * 10, torch.randn(4, 256).abs(), -torch.randn(4, 256).abs(), torch.zeros(1, 256)])
+    x[5, 17] = 900.0  # a massive activation
+    g = E.int8_grid(x)
+    lo, hi = g.amin(-1, keepdim=True).clamp(max=0), g.amax(-1, keepdim=True).clamp(min=0)
+    s = ((hi - lo) / 255).clamp_min(1e-30)
+    zp = torch.clamp(-128 - torch.round(lo / s), -128, 127)
+    q = torch.clamp(torch.round(g / s) + zp, -128, 127)
+    assert torch.allclose((q - zp) * s, g, rtol=0, atol=1e-6 * float(g.abs().max()))
+    step = ((x.amax(-1, keepdim=True).clamp(min=0) - x.amin(-1, keepdim=True).clamp(max=0)) / 255)
+    assert bool(((x - g).abs() <= step / 2 * (1 + 1e-5) + 1e-30).all())
+    assert g[-1].abs().max() == 0
+
+
+def test_residual_pass_linear_runs_in_xnnpack_at_float_activation_accuracy(tmp_path):
+    """8da4w-r lowered to XNNPACK (one qd8 GEMM over twice the rows, our int4 codes) computes what our
+    float-activation linear computes to about 1e-5 of the output's range; plain 8da4w is off by int8's
+    rounding (about 1e-2)."""
+    torch.manual_seed(0)
+    ours = QuantizedLinear(*quantize_weight(torch.randn(96, 128), G32), G32)
+    ours.bias = nn.Parameter(torch.randn(96), requires_grad=False)
+    plan = E.plan_linear("a", ours, "8da4w-r")
+    x = torch.randn(1, 5, 128) * torch.linspace(0.1, 8, 128)  # channels of very different ranges
+    x[0, 2, 3] = 300.0
+    with torch.no_grad():
+        exact = ours(x)
+    got_r, summary = _xnnpack_run(E.ResidualPassLinear(E.xnnpack_linear(ours, plan)), x, tmp_path / "r.pte")
+    got_8, _ = _xnnpack_run(E.xnnpack_linear(ours, plan), x, tmp_path / "p.pte")
+    assert summary["outside"] == {}  # the split and the sum run inside XNNPACK too
+    assert summary["inside"].get("aten.linear.default") == 1  # the GEMM is XNNPACK's, once, for both halves
+    err_r = ((got_r - exact).abs().amax(-1) / exact.abs().amax(-1)).max().item()
+    err_8 = ((got_8 - exact).abs().amax(-1) / exact.abs().amax(-1)).max().item()
+    assert err_r < 1e-4 and err_8 > 30 * err_r, (err_r, err_8)
+    v = E.verify_program_weights((tmp_path / "r.pte").read_bytes(), {"a": ours}, {"a": plan})
+    assert v == {"verified": 1, "missing": []}
+
+
 # -------------------------------------------------------------------------------- a whole decoder (slow)
 
 
@@ -429,3 +484,42 @@ def test_weight_only_4w_is_parity_exact_for_any_scheme(tiny_llama, tmp_path):
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max() < 1e-3
 
+
+
+def test_residual_pass_model_matches_the_quantized_torch_model(g32_dir):
+    """The eager module exported for 8da4w-r against the quantized checkpoint: the activations' second
+    int8 pass leaves only float rounding between them (plain 8da4w's int8 noise is far larger)."""
+    from edgequant.targets.torch_runtime import TorchRuntime
+
+    loaded = load_model(g32_dir)
+    lm_r, _ = E.build_executorch_lm(loaded, "8da4w-r", max_seq_len=64)
+    lm_8, _ = E.build_executorch_lm(loaded, "8da4w", max_seq_len=64)
+    toks = torch.randint(3, lm_r.spec.vocab_size, (40,), generator=torch.Generator().manual_seed(0))
+    want = TorchRuntime(g32_dir, max_seq_len=64).prefill(toks)
+    with torch.no_grad():
+        got_r = lm_r(toks[None], torch.arange(40))[0]
+        got_8 = lm_8(toks[None], torch.arange(40))[0]
+    err_r, err_8 = (got_r - want).abs().max().item(), (got_8 - want).abs().max().item()
+    assert torch.equal(got_r.argmax(-1), want.argmax(-1))
+    assert err_r < 1e-3 * want.abs().max().item() and err_8 > 20 * err_r, (err_r, err_8)
+
+
+@pytest.mark.slow
+def test_residual_pass_program_agrees_with_the_quantized_checkpoint(g32_dir, tmp_path):
+    """--scheme 8da4w-r end to end: our int4 codes in XNNPACK's qd8 kernel, and the program agrees with
+    the float-activation quantized checkpoint to float rounding."""
+    from edgequant.targets.executorch import ExecuTorchRuntime
+    from edgequant.targets.torch_runtime import TorchRuntime
+
+    out = tmp_path / "r.pte"
+    code, stdout, err = run_cli("export", g32_dir, "--target", "xnnpack", "--scheme", "8da4w-r", "--out", out, "--max-seq-len", "64", "--json")
+    assert code == 0, err
+    d = json.loads(stdout)["details"]
+    assert d["linears"] == {"8da-qb4w": 14, "fp32": 1} and d["weights_verified"] == 14 and d["linears_outside"] == 0
+    rt, ref = ExecuTorchRuntime(out), TorchRuntime(g32_dir, max_seq_len=64)
+    toks = torch.randint(3, rt.meta.vocab_size, (60,), generator=torch.Generator().manual_seed(4))
+    got = torch.cat([rt.prefill(toks[:50])] + [rt.forward(toks[i : i + 1], i) for i in range(50, 60)])
+    want = ref.prefill(toks)
+    assert rt.meta.scheme == "8da4w-r"
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max() < 1e-3 * want.abs().max()

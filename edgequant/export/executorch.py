@@ -22,12 +22,16 @@ out of the written program. Float linears (a float ``lm_head``, tied or not) are
 with our codes and float32 scales (exact).
 
 The int8 dynamic activations are what 8da4w costs against the checkpoint's float-activation numerics (on
-SmolLM2-135M a mean KL of about 0.02 and 9% of top-1 choices; one linear at a time it is XNNPACK's result
-to 1e-6, but over 30 layers the rounding of int8 activations is chaotic: an eager emulation with the
-same formula as torchao's, or torchao's own eager module, differs from the program by the same KL 0.02,
-so parity of the lowering is shown per linear and exactly with ``4w``). Scheme ``4w`` keeps float activations and holds our dequantized
-weights as float32 (XNNPACK has no weight-only GEMM for grouped int4): exact parity for any bit width or
-zero point, at the size and speed of a float model.
+SmolLM2-135M a mean KL of about 0.02 and 7% of top-1 choices). One linear at a time the program is XNNPACK's
+result to 1e-6, but over 30 layers the rounding of int8 activations is chaotic: scaling the embeddings by
+1 + 1e-6 moves 6% of the eager 8da4w model's own top-1 choices, so no implementation can agree with another
+(or with itself, perturbed) at 99%. Scheme ``8da4w-r`` removes that noise in the same kernel: each quantized
+linear runs one qd8 GEMM over ``[grid(x); x - grid(x)]`` (twice the rows) and sums the halves, where
+``grid(x)`` is ``x`` on the int8 grid XNNPACK itself picks (re-quantized without loss) and the second half the
+rounding residual on a grid 255 times finer: about 16-bit activations, the same int4 weights read once per
+call, parity with the checkpoint to float rounding. Scheme ``4w`` keeps float activations and holds our
+dequantized weights as float32 (XNNPACK has no weight-only GEMM for grouped int4): exact parity for any bit
+width or zero point, at the size and speed of a float model.
 
 Metadata follows ExecuTorch's LLM runner convention (constant methods ``get_max_seq_len`` = the most
 tokens one call takes, ``get_max_context_len`` = the cache length, ``get_vocab_size``, ``get_bos_id``,
@@ -57,10 +61,12 @@ META_METHOD = "get_edgequant_meta"
 
 #: 8da4w: int8 dynamic activations (asymmetric, per token) with int4 weights (in groups of a multiple of 32, or
 #: per channel); a layer the checkpoint keeps at 8 bits per channel runs as 8da8w, a float one as an fp32 GEMM.
+#: 8da4w-r: the same kernels and weights, with a second int8 pass over each activation's rounding residual
+#: (see ResidualPassLinear): float-activation accuracy, twice the GEMM rows.
 #: 4w: weight-only numerics (float activations) with exactly our weights, which XNNPACK can only hold as float32
 #: (it has no weight-only GEMM for grouped int4): parity-exact with the quantized checkpoint, any bit width or
 #: zero point, but no smaller or faster than a float model.
-SUPPORTED_SCHEMES = ("8da4w", "4w")
+SUPPORTED_SCHEMES = ("8da4w", "8da4w-r", "4w")
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ def plan_linear(name: str, module: nn.Module, scheme: str) -> LinearPlan:
 def plan_model(loaded, scheme: str) -> dict[str, LinearPlan]:
     """Plans for every linear the decoder uses (blocks and lm_head), checked before anything is built."""
     if scheme not in SUPPORTED_SCHEMES and scheme not in ("4w", "8w"):
-        raise TargetError(f"unknown xnnpack scheme '{scheme}'; use 8da4w")
+        raise TargetError(f"unknown xnnpack scheme '{scheme}'; use one of {', '.join(SUPPORTED_SCHEMES)}")
     model, adapter = loaded.model, loaded.adapter
     plans: dict[str, LinearPlan] = {}
     for i, block in enumerate(adapter.block_list(model)):
@@ -166,6 +172,60 @@ def xnnpack_linear(module: QuantizedLinear, plan: LinearPlan) -> nn.Linear:
     if module.bias is not None:
         lin.bias = nn.Parameter(module.bias.detach().float().clone(), requires_grad=False)
     return lin
+
+
+def int8_grid(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded per token (last dim) to the int8 grid XNNPACK's dynamic quantization picks for it:
+    integer multiples of ``s = (max(x, 0) - min(x, 0)) / 255``. The rounded extremes are 255 steps apart
+    (``hi/s - lo/s = 255``), so quantizing the result again with XNNPACK's own per-token parameters recomputes
+    the scale ``s`` (to an ulp) and a zero point that is an integer number of steps: every value sits on a
+    code and nothing is lost.
+
+    Written with few operators, all of which XNNPACK runs (a rank-4 max.dim, floor, clamp, arithmetic), so the
+    split stays inside the delegate; any rounding to integers works, so floor(v + 0.5) stands in for round."""
+    x4 = x.reshape(1, -1, x.shape[-2], x.shape[-1])
+    hi = x4.max(3, keepdim=True).values.clamp(min=0)
+    neg_lo = (-x4).max(3, keepdim=True).values.clamp(min=0)
+    s = ((hi + neg_lo) * (1 / 255)).clamp(min=1e-30)
+    return (torch.floor(x4 / s + 0.5) * s).reshape(x.shape)
+
+
+class ResidualSplit:
+    """``[grid(x); x - grid(x)]`` along the token axis, computed once per input tensor: the q/k/v projections
+    (and gate/up) share one input, so the program splits it once, not three times."""
+
+    def __init__(self) -> None:
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
+        g = int8_grid(x)
+        both = torch.cat([g, x - g], dim=-2)
+        self._last = (x, both)
+        return both
+
+
+class ResidualPassLinear(nn.Module):
+    """``8da4w-r``: one int8-dynamic-activation GEMM over twice the rows, ``[grid(x); x - grid(x)]``, summed.
+
+    The first half is ``x`` on its own int8 grid (re-quantized by XNNPACK without loss), the second the
+    rounding residual (at most half a step, quantized on a grid 255 times finer), so the activations carry
+    about 16 bits instead of 8 while the weights are the same int4 codes in the same XNNPACK kernel. Decode
+    reads the weights once for both rows; prefill does twice the arithmetic."""
+
+    def __init__(self, lin: nn.Linear, split: ResidualSplit | None = None) -> None:
+        super().__init__()
+        self.bias = lin.bias
+        lin.bias = None
+        self.lin = lin
+        self.split = split or ResidualSplit()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-2]
+        y = self.lin(self.split(x))
+        y = y[..., :n, :] + y[..., n:, :]
+        return y if self.bias is None else y + self.bias
 
 
 def float_linear(module: nn.Module) -> nn.Linear:
@@ -259,9 +319,14 @@ def build_executorch_lm(loaded, scheme: str = "8da4w", max_seq_len: int = 1024):
     plans = plan_model(loaded, scheme)  # first: a scheme XNNPACK cannot hold fails before anything heavy is imported
     load_executorch_ops()
 
+    split = ResidualSplit()  # shared: linears that take the same input tensor split it once
+
     def linear_fn(name: str, module: nn.Module) -> nn.Module:
         plan = plans[name]
-        return float_linear(module) if plan.kind.startswith("fp32") else xnnpack_linear(module, plan)
+        if plan.kind.startswith("fp32"):
+            return float_linear(module)
+        lin = xnnpack_linear(module, plan)
+        return ResidualPassLinear(lin, split) if scheme == "8da4w-r" else lin
 
     def embed_fn(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, QuantizedEmbedding):

@@ -30,7 +30,7 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target(
-            "xnnpack", "executorch", ".pte", "8da4w", ("8da4w", "4w", "8w"),
+            "xnnpack", "executorch", ".pte", "8da4w", ("8da4w", "8da4w-r", "4w", "8w"),
             "edgequant.targets.executorch:ExecuTorchRuntime", "edgequant.export.executorch:export_executorch", "executorch",
             description="ExecuTorch .pte lowered to XNNPACK (Android and iOS CPUs)",
         ),
