@@ -81,7 +81,7 @@ def main() -> int:
     src = qdirs["GPTQ int4 g128"]
     print(f"\n{src.name} exported, checked against the checkpoint ({eval_tokens // 4} tokens) and profiled (2 threads, "
           "prompt 128, 64 new tokens):\n")
-    targets = [("xnnpack", "8da4w", ".pte"), ("xnnpack", "4w", "-4w.pte"), ("onnx", None, "-onnx"), ("coreml", None, ".mlpackage")]
+    targets = [("xnnpack", "8da4w", ".pte"), ("xnnpack", "8da4w-r", "-r.pte"), ("xnnpack", "4w", "-4w.pte"), ("onnx", None, "-onnx"), ("coreml", None, ".mlpackage")]
     speed = []
     for target, scheme, suffix in targets:
         art = out / f"{src.name}{suffix}"
