@@ -183,11 +183,13 @@ def int8_grid(x: torch.Tensor) -> torch.Tensor:
 
     Written with few operators, all of which XNNPACK runs (a rank-4 max.dim, floor, clamp, arithmetic), so the
     split stays inside the delegate; any rounding to integers works, so floor(v + 0.5) stands in for round."""
-    x4 = x.reshape(1, -1, x.shape[-2], x.shape[-1])
-    hi = x4.max(3, keepdim=True).values.clamp(min=0)
-    neg_lo = (-x4).max(3, keepdim=True).values.clamp(min=0)
+    k = x.shape[-1]
+    x4 = x.reshape(1, -1, k).unsqueeze(-1)  # [1, T, K, 1]: a trailing unsqueeze and a max over dim 2 stay in XNNPACK
+    hi = x4.max(2, keepdim=True).values.clamp(min=0)
+    neg_lo = (-x4).max(2, keepdim=True).values.clamp(min=0)
     s = ((hi + neg_lo) * (1 / 255)).clamp(min=1e-30)
-    return (torch.floor(x4 / s + 0.5) * s).reshape(x.shape)
+    g = (torch.floor(x4 / s + 0.5) * s).view(1, -1, k)  # one inferred dimension: XNNPACK's reshape takes it
+    return g if x.dim() == 3 else g.reshape(x.shape)
 
 
 class ResidualSplit:
