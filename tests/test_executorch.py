@@ -177,14 +177,24 @@ def test_embedding_ops_reproduce_our_embedding_in_the_runtime(scheme, tmp_path):
     assert torch.equal(Wrap()(ids), ours(ids))
 
 
-def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
-    """Four linears (int4 g32, int4 per channel, int8 per channel under 8da4w; asymmetric 3-bit under 4w)
-    lowered to XNNPACK: the program's delegate data holds our codes byte for byte with our scales as
-    XNNPACK stores them (the 4w one as its exact float32 weight), and computes with them."""
+def _xnnpack_run(net: nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.Tensor, dict]:
+    """Lower ``net`` to XNNPACK, run the program in ExecuTorch's runtime: (output, delegation summary)."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     from edgequant.targets.executorch import _portable_lib
 
+    with E.quiet(), torch.no_grad():
+        ep = torch.export.export(net, (x,), strict=False).run_decompositions({})
+        edge = to_edge_transform_and_lower(ep, partitioner=E._partitioners("all"), compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        summary = E.delegation_summary(edge.exported_program().graph_module)
+        path.write_bytes(edge.to_executorch().buffer)
+    return _portable_lib()._load_for_executorch(str(path)).forward((x,))[0], summary
+
+
+def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
+    """Four linears (int4 g32, int4 per channel, int8 per channel under 8da4w; asymmetric 3-bit under 4w)
+    lowered to XNNPACK: the program's delegate data holds our codes byte for byte with our scales as
+    XNNPACK stores them (the 4w one as its exact float32 weight), and computes with them."""
     torch.manual_seed(0)
     specs = {"a": (QuantScheme(4, 32, True), 64, 96), "b": (QuantScheme(4, -1, True), 96, 64), "c": (QuantScheme(8, -1, True), 64, 32), "d": (QuantScheme(3, 32, False), 32, 48)}
     ours = {k: QuantizedLinear(*quantize_weight(torch.randn(o, i), s), s) for k, (s, i, o) in specs.items()}
@@ -202,11 +212,8 @@ def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
 
     net = Net()
     x = torch.randn(3, 64)
-    with E.quiet(), torch.no_grad():
-        ep = torch.export.export(net, (x,), strict=False).run_decompositions({})
-        edge = to_edge_transform_and_lower(ep, partitioner=E._partitioners("all"), compile_config=EdgeCompileConfig(_check_ir_validity=False))
-        summary = E.delegation_summary(edge.exported_program().graph_module)
-        pte = edge.to_executorch().buffer
+    got, summary = _xnnpack_run(net, x, tmp_path / "l.pte")
+    pte = (tmp_path / "l.pte").read_bytes()
     assert summary["delegate_calls"] == 1 and summary["outside"] == {} and summary["inside"]["aten.linear.default"] == 4
     assert E.verify_program_weights(pte, ours, plans) == {"verified": 4, "missing": []}
     # the bytes really are the codes: nibbles of layer a unpacked back equal our codes
@@ -216,28 +223,11 @@ def test_small_program_holds_our_codes_bit_for_bit(tmp_path):
     codes = torch.stack([blob & 15, blob >> 4], -1).reshape(96, 64)
     assert torch.equal(codes, ours["a"].codes)
     # and the program computes with them
-    f = tmp_path / "l.pte"
-    f.write_bytes(pte)
-    got = _portable_lib()._load_for_executorch(str(f)).forward((x,))[0]
     with torch.no_grad():
         want = net(x)
         exact = ours["d"](ours["c"](ours["b"](ours["a"](x))))
     assert torch.allclose(got, want, rtol=0.02, atol=0.02 * want.abs().max().item())
     assert (got - exact).abs().max() <= 0.05 * exact.abs().max()
-
-
-def _xnnpack_run(net: nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.Tensor, dict]:
-    """Lower ``net`` to XNNPACK, run the program in ExecuTorch's runtime: (output, delegation summary)."""
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-
-    from edgequant.targets.executorch import _portable_lib
-
-    with E.quiet(), torch.no_grad():
-        ep = torch.export.export(net, (x,), strict=False).run_decompositions({})
-        edge = to_edge_transform_and_lower(ep, partitioner=E._partitioners("all"), compile_config=EdgeCompileConfig(_check_ir_validity=False))
-        summary = E.delegation_summary(edge.exported_program().graph_module)
-        path.write_bytes(edge.to_executorch().buffer)
-    return _portable_lib()._load_for_executorch(str(path)).forward((x,))[0], summary
 
 
 def test_int8_grid_is_requantized_without_loss():
@@ -464,6 +454,13 @@ def test_cli_check_against_the_quantized_checkpoint(exported):
     assert r["target"] == "xnnpack" and r["top1"] >= 0.95 and r["kl"] < 2e-3
 
 
+def _cli_export(q: Path, out: Path, scheme: str) -> dict:
+    """``edgequant export --target xnnpack --scheme SCHEME --json``: the exporter's details."""
+    code, stdout, err = run_cli("export", q, "--target", "xnnpack", "--scheme", scheme, "--out", out, "--max-seq-len", "64", "--json")
+    assert code == 0, err
+    return json.loads(stdout)["details"]
+
+
 @pytest.mark.slow
 def test_weight_only_4w_is_parity_exact_for_any_scheme(tiny_llama, tmp_path):
     """--scheme 4w: float activations with exactly our weights (held as float32), so an asymmetric 3-bit
@@ -474,16 +471,13 @@ def test_weight_only_4w_is_parity_exact_for_any_scheme(tiny_llama, tmp_path):
 
     q = make_checkpoint(tiny_llama, tmp_path / "q", QuantScheme(3, 32, False), embed=QuantScheme(8, -1, True))
     out = tmp_path / "m.pte"
-    code, stdout, err = run_cli("export", q, "--target", "xnnpack", "--scheme", "4w", "--out", out, "--max-seq-len", "64", "--json")
-    assert code == 0, err
-    d = json.loads(stdout)["details"]
+    d = _cli_export(q, out, "4w")
     assert d["linears"] == {"fp32w": 14, "fp32": 1} and d["weights_verified"] == 14 and d["linears_outside"] == 0
     rt, ref = ExecuTorchRuntime(out), TorchRuntime(q, max_seq_len=64)
     toks = torch.randint(3, rt.meta.vocab_size, (60,), generator=torch.Generator().manual_seed(4))
     got, want = rt.prefill(toks), ref.prefill(toks)
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max() < 1e-3
-
 
 
 def test_residual_pass_model_matches_the_quantized_torch_model(g32_dir):
@@ -512,9 +506,7 @@ def test_residual_pass_program_agrees_with_the_quantized_checkpoint(g32_dir, tmp
     from edgequant.targets.torch_runtime import TorchRuntime
 
     out = tmp_path / "r.pte"
-    code, stdout, err = run_cli("export", g32_dir, "--target", "xnnpack", "--scheme", "8da4w-r", "--out", out, "--max-seq-len", "64", "--json")
-    assert code == 0, err
-    d = json.loads(stdout)["details"]
+    d = _cli_export(g32_dir, out, "8da4w-r")
     assert d["linears"] == {"8da-qb4w": 14, "fp32": 1} and d["weights_verified"] == 14 and d["linears_outside"] == 0
     rt, ref = ExecuTorchRuntime(out), TorchRuntime(g32_dir, max_seq_len=64)
     toks = torch.randint(3, rt.meta.vocab_size, (60,), generator=torch.Generator().manual_seed(4))
